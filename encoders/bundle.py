@@ -1,0 +1,177 @@
+"""Model bundles: everything that defines one embedding space.
+
+A bundle is named one of three ways:
+
+- ``tiny``: a small registered open_clip config with seeded random weights. Fast on CPU; for tests.
+- ``openclip:MODEL/TAG`` or ``openclip:MODEL/PATH``: any open_clip model with a pretrained tag
+  (fetched by open_clip when online) or a local weights file.
+- a directory in open_clip's ``local-dir`` layout (``open_clip_config.json`` plus weights), as
+  written by :func:`save_bundle` and the trainer.
+
+Every bundle has a content-derived ``bundle_id``: a hash of its config and weights, so two
+spaces that differ in any weight never share an id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from PIL import Image
+
+from encoders.errors import BundleError
+
+TINY = "tiny"
+OPENCLIP_PREFIX = "openclip:"
+TINY_MODEL_NAME = "mmsearch-tiny"
+CONFIG_DIR = Path(__file__).parent / "configs"
+BUNDLE_META = "bundle.json"
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+
+_registered = False
+
+
+def _register_builtin_configs() -> None:
+    # Done on first use rather than at import: importing the package must not touch
+    # open_clip's global registry.
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """Where a bundle comes from, parsed from its name."""
+
+    name: str
+    model_name: str
+    pretrained: str | None = None
+    seed: int | None = None
+
+
+@dataclass
+class ModelBundle:
+    """A loaded bundle: the model, its preprocessing and tokenizer, and its identity."""
+
+    spec: BundleSpec
+    model: torch.nn.Module
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    tokenizer: Any
+    model_cfg: dict[str, Any]
+    embed_dim: int
+    context_length: int
+    bundle_id: str
+    device: torch.device
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """``None`` or ``"auto"`` picks CUDA when present, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def parse_bundle_name(name: str) -> BundleSpec:
+    """Turn a bundle name or path into a spec. Raises BundleError for names it cannot resolve."""
+    if name == TINY:
+        return BundleSpec(name=TINY, model_name=TINY_MODEL_NAME, seed=0)
+    if name.startswith(OPENCLIP_PREFIX):
+        model, _, tag = name[len(OPENCLIP_PREFIX) :].partition("/")
+        if not model or not tag:
+            raise BundleError(
+                f"bundle {name!r}: expected openclip:MODEL/TAG or openclip:MODEL/PATH, "
+                "e.g. openclip:ViT-B-32/laion2b_s34b_b79k"
+            )
+        return BundleSpec(name=name, model_name=model, pretrained=tag)
+    path = Path(name)
+    if path.is_dir():
+        if not (path / OPEN_CLIP_CONFIG).is_file():
+            raise BundleError(f"bundle directory {path} has no {OPEN_CLIP_CONFIG}")
+        return BundleSpec(name=str(path.resolve()), model_name=f"local-dir:{path.resolve()}")
+    raise BundleError(
+        f"unknown bundle {name!r}: use 'tiny', 'openclip:MODEL/TAG' (or a weights file path), "
+        "or a bundle directory"
+    )
+
+
+def _model_config(spec: BundleSpec) -> dict[str, Any]:
+    if spec.model_name.startswith("local-dir:"):
+        cfg = json.loads((Path(spec.name) / OPEN_CLIP_CONFIG).read_text())
+        return dict(cfg["model_cfg"])
+    cfg = open_clip.get_model_config(spec.model_name)
+    if cfg is None:
+        raise BundleError(f"open_clip has no model config named {spec.model_name!r}")
+    return dict(cfg)
+
+
+def compute_bundle_id(
+    model: torch.nn.Module, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any]
+) -> str:
+    """Hash of config, preprocessing and every weight: equal ids mean the same embedding space."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"model": model_cfg, "preprocess": preprocess_cfg}, sort_keys=True).encode())
+    for key, tensor in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return "b" + h.hexdigest()[:23]
+
+
+def load_bundle(name: str, device: str | None = None) -> ModelBundle:
+    """Load a bundle by name or directory. Raises BundleError with what to do when it cannot."""
+    spec = parse_bundle_name(name)
+    _register_builtin_configs()
+    if spec.pretrained and not Path(spec.pretrained).is_file() and "/" in spec.pretrained:
+        raise BundleError(f"bundle {name!r}: weights file {spec.pretrained} does not exist")
+    if spec.seed is not None:
+        torch.manual_seed(spec.seed)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            spec.model_name, pretrained=spec.pretrained, device="cpu"
+        )
+    except (RuntimeError, OSError, ValueError) as exc:
+        hint = ""
+        if spec.pretrained and not Path(spec.pretrained).is_file():
+            hint = " (no network? pass a local weights file: openclip:MODEL/PATH/TO/weights.bin)"
+        raise BundleError(f"bundle {name!r} could not be loaded: {exc}{hint}") from exc
+    model.eval()
+    model_cfg = _model_config(spec)
+    preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(model))
+    bundle_id = compute_bundle_id(model, model_cfg, preprocess_cfg)
+    dev = resolve_device(device)
+    model.to(dev)
+    tokenizer = open_clip.get_tokenizer(spec.model_name)
+    return ModelBundle(
+        spec=spec,
+        model=model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        model_cfg=model_cfg,
+        embed_dim=int(model_cfg["embed_dim"]),
+        context_length=int(getattr(tokenizer, "context_length", 77)),
+        bundle_id=bundle_id,
+        device=dev,
+    )
+
+
+def save_bundle(bundle: ModelBundle, out_dir: str | Path) -> Path:
+    """Write a bundle directory (open_clip local-dir layout) that :func:`load_bundle` reads back."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(bundle.model))
+    (out / OPEN_CLIP_CONFIG).write_text(
+        json.dumps({"model_cfg": bundle.model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2)
+    )
+    state = {k: v.detach().to("cpu").contiguous() for k, v in bundle.model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE))
+    (out / BUNDLE_META).write_text(json.dumps({"source": bundle.spec.name, "bundle_id": bundle.bundle_id}))
+    return out

@@ -1,0 +1,1 @@
+"""Collection schema, vector-store adapters and the ingest pipeline."""

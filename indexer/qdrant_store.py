@@ -1,0 +1,176 @@
+"""The server/cluster store: qdrant-client against a Qdrant server (gRPC preferred).
+
+``url=":memory:"`` runs qdrant-client's in-process mode, which the tests use: same client API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from encoders.modality import Modality
+from indexer.filters import FilterSpec, Match, MatchAny, Range
+from indexer.schema import (
+    DENSE,
+    KEYWORD_INDEXES,
+    CollectionSchema,
+    PointRecord,
+    StoredPoint,
+    StoreInfo,
+    dense_vector,
+)
+from indexer.store import BundleMismatchError, StoreError
+
+
+class QdrantStore:
+    """A VectorStore over one collection of a Qdrant server or cluster."""
+
+    kind = "qdrant"
+
+    def __init__(
+        self,
+        url: str,
+        schema: CollectionSchema,
+        *,
+        api_key: str | None = None,
+        hnsw_ef: int = 128,
+        shard_number: int | None = None,
+        replication_factor: int | None = None,
+        write_consistency_factor: int | None = None,
+        timeout: int = 30,
+    ) -> None:
+        if url == ":memory:":
+            self._client = QdrantClient(location=":memory:")
+        else:
+            self._client = QdrantClient(url=url, api_key=api_key, prefer_grpc=True, timeout=timeout)
+        self.url = url
+        self.hnsw_ef = hnsw_ef
+        self.schema = schema
+        name = schema.name
+        if self._client.collection_exists(name):
+            meta = self._client.get_collection(name).config.metadata or {}
+            stored = str(meta.get("bundle_id"))
+            if stored != schema.bundle_id:
+                raise BundleMismatchError(f"collection {name!r} at {url}", stored, schema.bundle_id)
+        else:
+            self._client.create_collection(
+                name,
+                vectors_config={DENSE: models.VectorParams(size=schema.dim, distance=models.Distance.COSINE)},
+                hnsw_config=models.HnswConfigDiff(m=16, ef_construct=128),
+                shard_number=shard_number,
+                replication_factor=replication_factor,
+                write_consistency_factor=write_consistency_factor,
+                metadata=schema.to_metadata(),
+            )
+            if url != ":memory:":  # local mode ignores payload indexes and warns about them
+                for key in KEYWORD_INDEXES:
+                    self._client.create_payload_index(name, key, models.PayloadSchemaType.KEYWORD)
+
+    def upsert(self, points: Sequence[PointRecord]) -> None:
+        if not points:
+            return
+        for p in points:
+            if p.vector.shape != (self.schema.dim,):
+                raise StoreError(
+                    f"point {p.id}: vector shape {p.vector.shape}, expected ({self.schema.dim},)"
+                )
+        self._client.upsert(
+            self.schema.name,
+            points=[
+                models.PointStruct(
+                    id=p.id, vector={DENSE: p.vector.astype(np.float32).tolist()}, payload=p.payload
+                )
+                for p in points
+            ],
+            wait=True,
+        )
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if ids:
+            self._client.delete(
+                self.schema.name, points_selector=models.PointIdsList(points=list(ids)), wait=True
+            )
+
+    def optimize(self) -> None:
+        # The server's optimizers run in the background on their own; nothing to trigger.
+        return None
+
+    def query(
+        self,
+        vector: np.ndarray,
+        *,
+        limit: int,
+        filter: FilterSpec | None = None,
+        score_threshold: float | None = None,
+        exclude_ids: Sequence[str] = (),
+        exact: bool = False,
+    ) -> list[StoredPoint]:
+        result = self._client.query_points(
+            self.schema.name,
+            query=vector.astype(np.float32).tolist(),
+            using=DENSE,
+            limit=limit,
+            query_filter=_qdrant_filter(filter, exclude_ids),
+            score_threshold=score_threshold,
+            with_payload=True,
+            search_params=models.SearchParams(hnsw_ef=self.hnsw_ef, exact=exact),
+        )
+        return [StoredPoint(str(p.id), dict(p.payload or {}), float(p.score)) for p in result.points]
+
+    def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:
+        if not ids:
+            return []
+        records = self._client.retrieve(
+            self.schema.name, ids=list(ids), with_payload=True, with_vectors=with_vectors
+        )
+        return [StoredPoint(str(r.id), dict(r.payload or {}), vector=dense_vector(r.vector)) for r in records]
+
+    def count(self, filter: FilterSpec | None = None) -> int:
+        return int(
+            self._client.count(self.schema.name, count_filter=_qdrant_filter(filter, ()), exact=True).count
+        )
+
+    def scroll(
+        self, *, limit: int, offset: str | None = None, filter: FilterSpec | None = None
+    ) -> tuple[list[StoredPoint], str | None]:
+        records, next_offset = self._client.scroll(
+            self.schema.name,
+            scroll_filter=_qdrant_filter(filter, ()),
+            limit=limit,
+            offset=offset,
+            with_payload=True,
+        )
+        points = [StoredPoint(str(r.id), dict(r.payload or {})) for r in records]
+        return points, (str(next_offset) if next_offset is not None else None)
+
+    def info(self) -> StoreInfo:
+        by_modality = {m.value: self.count(FilterSpec(must=(Match("modality", m.value),))) for m in Modality}
+        return StoreInfo(points=self.count(), schema=self.schema, kind=self.kind, by_modality=by_modality)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _condition(c: Match | MatchAny | Range) -> models.FieldCondition:
+    if isinstance(c, Match):
+        return models.FieldCondition(key=c.key, match=models.MatchValue(value=c.value))
+    if isinstance(c, MatchAny):
+        return models.FieldCondition(key=c.key, match=models.MatchAny(any=list(c.values)))
+    return models.FieldCondition(key=c.key, range=models.Range(gt=c.gt, gte=c.gte, lt=c.lt, lte=c.lte))
+
+
+def _qdrant_filter(spec: FilterSpec | None, exclude_ids: Sequence[str]) -> models.Filter | None:
+    if (spec is None or spec.is_empty()) and not exclude_ids:
+        return None
+    spec = spec or FilterSpec()
+    must_not: list[Any] = [_condition(c) for c in spec.must_not]
+    if exclude_ids:
+        must_not.append(models.HasIdCondition(has_id=list(exclude_ids)))
+    return models.Filter(
+        must=[_condition(c) for c in spec.must] or None,
+        must_not=must_not or None,
+        should=[_condition(c) for c in spec.should] or None,
+    )

@@ -1,0 +1,87 @@
+"""The VectorStore interface every adapter implements, and the errors stores raise."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from indexer.filters import FilterSpec
+from indexer.schema import CollectionSchema, PointRecord, StoredPoint, StoreInfo
+
+
+class StoreError(Exception):
+    """A store operation failed."""
+
+
+class BundleMismatchError(StoreError):
+    """The collection holds vectors from another embedding space than the one in use."""
+
+    def __init__(self, where: str, stored: str, requested: str) -> None:
+        super().__init__(
+            f"{where} holds vectors from bundle {stored}, but bundle {requested} was requested. "
+            "Vectors from different bundles are not comparable: load the bundle that built this "
+            "index, or use a new data directory / collection and re-ingest."
+        )
+        self.stored = stored
+        self.requested = requested
+
+
+class StoreLockedError(StoreError):
+    """An embedded store directory is already open in another process."""
+
+
+class VectorStore(Protocol):
+    """One collection of points in one embedding space."""
+
+    kind: str
+    schema: CollectionSchema
+
+    def upsert(self, points: Sequence[PointRecord]) -> None: ...
+
+    def query(
+        self,
+        vector: np.ndarray,
+        *,
+        limit: int,
+        filter: FilterSpec | None = None,
+        score_threshold: float | None = None,
+        exclude_ids: Sequence[str] = (),
+        exact: bool = False,
+    ) -> list[StoredPoint]:
+        """Nearest points by cosine similarity, best first."""
+        ...
+
+    def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:
+        """Points that exist among `ids` (missing ids are left out), in no set order."""
+        ...
+
+    def delete(self, ids: Sequence[str]) -> None: ...
+
+    def count(self, filter: FilterSpec | None = None) -> int: ...
+
+    def scroll(
+        self, *, limit: int, offset: str | None = None, filter: FilterSpec | None = None
+    ) -> tuple[list[StoredPoint], str | None]:
+        """One page of points and the offset of the next page (None at the end)."""
+        ...
+
+    def optimize(self) -> None:
+        """Build pending indexes (HNSW) so queries run at full speed."""
+        ...
+
+    def info(self) -> StoreInfo: ...
+
+    def close(self) -> None: ...
+
+
+def matching_ids(store: VectorStore, filter: FilterSpec, *, page_size: int = 256) -> list[str]:
+    """Ids of every point matching `filter`, paging through the store."""
+    ids: list[str] = []
+    offset: str | None = None
+    while True:
+        page, offset = store.scroll(limit=page_size, offset=offset, filter=filter)
+        ids.extend(p.id for p in page)
+        if offset is None:
+            return ids

@@ -1,0 +1,235 @@
+"""The `mmsearch` command: serve, ingest, search, stats."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from mmsearch import client as mc
+from mmsearch.settings import server_config
+
+
+def _add_store_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="embedded store directory (default: data, or $MMSEARCH_DATA)")
+    p.add_argument("--bundle", help="model bundle: tiny, openclip:MODEL/TAG, or a bundle directory")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when present)")
+    p.add_argument("--qdrant-url", help="use a Qdrant server at this URL instead of the embedded store")
+    p.add_argument("--collection", help="Qdrant collection name (server store only)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmsearch", description="Multimodal vector search over gRPC.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    _add_store_flags(serve)
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one)")
+    serve.add_argument("--max-top-k", type=int, help="largest top_k a query may ask for (default 1000)")
+
+    ingest = sub.add_parser("ingest", help="index a folder (or one file) of images and texts")
+    ingest.add_argument("path", type=Path)
+    ingest.add_argument("--server", help="HOST:PORT of a running server; default writes the local store")
+    _add_store_flags(ingest)
+    ingest.add_argument("--batch-size", type=int, default=32, help="files per batch (default 32)")
+    ingest.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ingest.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    search = sub.add_parser("search", help="query by text, image or stored id")
+    search.add_argument("--server", help="HOST:PORT of a running server; default opens the local store")
+    _add_store_flags(search)
+    q = search.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text")
+    q.add_argument("--image", type=Path)
+    q.add_argument("--id", help="a stored point id (or caller id) whose vector is the query")
+    search.add_argument("--top-k", type=int, default=10)
+    search.add_argument("--modality", action="append", default=[], help="restrict results (repeatable)")
+    search.add_argument(
+        "--filter", action="append", default=[], help="KEY=VALUE, KEY!=VALUE, KEY>=N ... (repeatable)"
+    )
+    search.add_argument("--threshold", type=float, help="minimum cosine score")
+    search.add_argument("--json", action="store_true")
+
+    stats = sub.add_parser("stats", help="index size and bundle")
+    stats.add_argument("--server", help="HOST:PORT of a running server; default opens the local store")
+    _add_store_flags(stats)
+    stats.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # Libraries (open_clip logs every loading step at INFO) stay at WARNING; ours at INFO.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mmsearch").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    # open_clip logs a warning for every randomly initialised model; the tiny bundle is one by design.
+    logging.getLogger().handlers[0].addFilter(lambda r: "initialized randomly" not in r.getMessage())
+    from encoders.errors import BundleError
+    from indexer.store import StoreError
+
+    try:
+        handler = {"serve": _serve, "ingest": _ingest, "search": _search, "stats": _stats}[args.command]
+        return handler(args)
+    except grpc.RpcError as exc:
+        code = exc.code()
+        print(f"mmsearch: {code.name if code else 'ERROR'}: {exc.details()}", file=sys.stderr)
+        return 1
+    except (BundleError, StoreError, FileNotFoundError, ValueError) as exc:
+        print(f"mmsearch: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from server.app import serve
+
+    config = server_config(args)
+
+    def ready(port: int) -> None:
+        where = config.qdrant_url or str(config.data_dir)
+        print(f"mmsearch serving on {config.host}:{port} (bundle {config.bundle}, store {where})", flush=True)
+
+    asyncio.run(serve(config, on_ready=ready))
+    return 0
+
+
+def _local_engine(args: argparse.Namespace) -> Any:
+    from server.app import build_engine
+
+    return build_engine(server_config(args))
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from indexer.ingest import ingest_path
+
+    progress = not args.no_progress
+    if args.server:
+        with mc.MMSearchClient(args.server) as client:
+            summary = ingest_path(
+                args.path, _remote_sink(client), batch_items=args.batch_size, progress=progress
+            )
+    else:
+        engine = _local_engine(args)
+        try:
+            summary = ingest_path(
+                args.path, engine.indexer.index, batch_items=args.batch_size, progress=progress
+            )
+            engine.store.optimize()
+        finally:
+            engine.store.close()
+    if args.json:
+        print(json.dumps(summary.to_json()))
+    else:
+        print(
+            f"indexed {summary.indexed}, unchanged {summary.unchanged}, skipped {summary.skipped}, "
+            f"failed {summary.failed} ({summary.points} points, {summary.seconds:.1f} s)"
+        )
+        for err in summary.errors:
+            print(f"  failed: {err.path}: {err.reason}")
+    return 0
+
+
+def _remote_sink(client: mc.MMSearchClient) -> Any:
+    from indexer.items import ItemInput, ItemOutcome
+
+    def send(items: Sequence[ItemInput]) -> list[ItemOutcome]:
+        messages = []
+        for item in items:
+            metadata, attributes = mc.to_struct(item.metadata), mc.to_struct(item.attributes)
+            msg = mc.pb.Item(source=item.source, metadata=metadata, attributes=attributes)
+            if isinstance(item.data, str):
+                msg.text = item.data
+            else:
+                msg.image = item.data
+            messages.append(msg)
+        resp = client.upsert(messages)
+        return [ItemOutcome(list(r.ids), r.media_id, r.unchanged, r.error or None) for r in resp.results]
+
+    return send
+
+
+def _search(args: argparse.Namespace) -> int:
+    image = args.image.read_bytes() if args.image else None
+    filt = mc.parse_filter(args.filter)
+    if args.server:
+        with mc.MMSearchClient(args.server) as client:
+            resp = client.search(
+                text=args.text,
+                image=image,
+                id=args.id,
+                top_k=args.top_k,
+                modalities=args.modality,
+                filter=filt,
+                score_threshold=args.threshold,
+            )
+        hits = [mc.hit_to_dict(h) for h in resp.hits]
+    else:
+        hits = _local_search(args, image, filt)
+    if args.json:
+        print(json.dumps({"results": hits}))
+    else:
+        for rank, h in enumerate(hits, 1):
+            label = h.get("text", "")[:60].replace("\n", " ") if h["modality"] == "text" else ""
+            print(f"{rank:>3}  {h['score']:.4f}  {h['modality']:<5}  {h['source'] or h['id']}  {label}")
+    return 0
+
+
+def _local_search(args: argparse.Namespace, image: bytes | None, filt: Any) -> list[dict[str, Any]]:
+    from encoders.modality import Modality
+    from server import convert
+    from server.engine import QueryInput, SearchParams
+
+    engine = _local_engine(args)
+    try:
+        params = SearchParams(
+            top_k=args.top_k,
+            modalities=tuple(Modality(m.lower()) for m in args.modality),
+            filter=convert.filter_from_proto(filt) if filt is not None else None,
+            score_threshold=args.threshold,
+        )
+        _, hits = engine.search(QueryInput(text=args.text, image=image, id=args.id), params)
+        return [mc.hit_to_dict(convert.hit_to_proto(h)) for h in hits]
+    finally:
+        engine.store.close()
+
+
+def _stats(args: argparse.Namespace) -> int:
+    if args.server:
+        with mc.MMSearchClient(args.server) as client:
+            s = client.stats()
+        out: dict[str, Any] = {
+            "points": s.points,
+            "bundle_id": s.bundle_id,
+            "bundle": s.bundle_name,
+            "dim": s.dim,
+            "by_modality": dict(s.by_modality),
+            "store": s.store,
+        }
+    else:
+        engine = _local_engine(args)
+        try:
+            info = engine.stats()
+        finally:
+            engine.store.close()
+        out = {
+            "points": info.points,
+            "bundle_id": info.schema.bundle_id,
+            "bundle": engine.encoder.bundle.spec.name,
+            "dim": info.schema.dim,
+            "by_modality": info.by_modality,
+            "store": info.kind,
+        }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k}: {v}")
+    return 0

@@ -1,0 +1,211 @@
+"""Python client for the mmsearch gRPC API. Light: grpc and the generated stubs, nothing else."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mmsearch.v1 import search_pb2 as pb
+from mmsearch.v1 import search_pb2_grpc as pb_grpc
+
+MODALITIES = {
+    "text": pb.MODALITY_TEXT,
+    "image": pb.MODALITY_IMAGE,
+    "audio": pb.MODALITY_AUDIO,
+    "video": pb.MODALITY_VIDEO,
+}
+_MODALITY_NAMES = {v: k for k, v in MODALITIES.items()}
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_TERM = re.compile(r"^\s*([^=!<>\s]+)\s*(!=|>=|<=|=|>|<)\s*(.*?)\s*$")
+
+
+class MMSearchClient:
+    """Blocking client. Methods raise grpc.RpcError with the server's status and message."""
+
+    def __init__(
+        self, target: str, *, timeout: float = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+        )
+        self._stub = pb_grpc.SearchServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> MMSearchClient:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the channel connects. Raises grpc.FutureTimeoutError after `timeout`."""
+        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+
+    def health(self, service: str = "") -> str:
+        resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+    def search(
+        self,
+        *,
+        text: str | None = None,
+        image: bytes | None = None,
+        id: str | None = None,
+        top_k: int = 10,
+        modalities: Iterable[str] = (),
+        filter: pb.Filter | None = None,
+        score_threshold: float | None = None,
+    ) -> pb.SearchResponse:
+        request = pb.SearchRequest(
+            query=query_input(text=text, image=image, id=id),
+            top_k=top_k,
+            modalities=[modality(m) for m in modalities],
+            filter=filter,
+            score_threshold=score_threshold,
+        )
+        return self._stub.Search(request, timeout=self.timeout)
+
+    def embed(self, inputs: Sequence[pb.QueryInput]) -> pb.EmbedResponse:
+        return self._stub.Embed(pb.EmbedRequest(inputs=list(inputs)), timeout=self.timeout)
+
+    def upsert(self, items: Sequence[pb.Item]) -> pb.UpsertResponse:
+        return self._stub.Upsert(pb.UpsertRequest(items=list(items)), timeout=self.timeout)
+
+    def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> pb.GetResponse:
+        return self._stub.Get(pb.GetRequest(ids=list(ids), with_vectors=with_vectors), timeout=self.timeout)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        return int(self._stub.Delete(pb.DeleteRequest(ids=list(ids)), timeout=self.timeout).deleted)
+
+    def stats(self) -> pb.StatsResponse:
+        return self._stub.Stats(pb.StatsRequest(), timeout=self.timeout)
+
+
+def modality(name: str) -> pb.Modality:
+    try:
+        return MODALITIES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown modality {name!r}: expected one of {', '.join(MODALITIES)}") from None
+
+
+def modality_name(value: int) -> str:
+    return _MODALITY_NAMES.get(value, "unspecified")  # type: ignore[call-overload]
+
+
+def query_input(
+    *, text: str | None = None, image: bytes | None = None, id: str | None = None
+) -> pb.QueryInput:
+    """A query input from exactly one of text, image bytes or a stored id."""
+    if sum(v is not None for v in (text, image, id)) != 1:
+        raise ValueError("give exactly one of text, image or id")
+    if text is not None:
+        return pb.QueryInput(text=text)
+    if image is not None:
+        return pb.QueryInput(image=image)
+    return pb.QueryInput(id=id)
+
+
+def text_item(
+    text: str, *, id: str = "", source: str = "", metadata: dict[str, Any] | None = None
+) -> pb.Item:
+    return pb.Item(text=text, id=id, source=source, metadata=to_struct(metadata or {}))
+
+
+def image_item(
+    image: bytes | Path, *, id: str = "", source: str = "", metadata: dict[str, Any] | None = None
+) -> pb.Item:
+    data = image.read_bytes() if isinstance(image, Path) else image
+    return pb.Item(
+        image=data,
+        id=id,
+        source=source or (str(image) if isinstance(image, Path) else ""),
+        metadata=to_struct(metadata or {}),
+    )
+
+
+def parse_filter(terms: Iterable[str]) -> pb.Filter | None:
+    """Filter from terms like ``color=red``, ``year>=2020``, ``kind!=draft``.
+
+    ``=`` and ``!=`` match a keyword, or an integer / boolean when the value is one (``42``,
+    ``true``); ``>``, ``>=``, ``<``, ``<=`` are numeric ranges. Raises ValueError naming a
+    malformed term.
+    """
+    must: list[pb.Condition] = []
+    must_not: list[pb.Condition] = []
+    for term in terms:
+        m = _TERM.match(term)
+        if not m or not m.group(3):
+            raise ValueError(
+                f"malformed filter {term!r}: expected KEY=VALUE, KEY!=VALUE or KEY>=NUMBER (> < <=)"
+            )
+        key, op, value = m.groups()
+        if op in ("=", "!="):
+            cond = _match_condition(key, value)
+            (must if op == "=" else must_not).append(cond)
+            continue
+        try:
+            bound = float(value)
+        except ValueError:
+            raise ValueError(f"malformed filter {term!r}: {op} needs a number, got {value!r}") from None
+        rng = {
+            ">": pb.Range(gt=bound),
+            ">=": pb.Range(gte=bound),
+            "<": pb.Range(lt=bound),
+            "<=": pb.Range(lte=bound),
+        }
+        must.append(pb.Condition(key=key, range=rng[op]))
+    if not must and not must_not:
+        return None
+    return pb.Filter(must=must, must_not=must_not)
+
+
+def _match_condition(key: str, value: str) -> pb.Condition:
+    if value.lower() in ("true", "false"):
+        return pb.Condition(key=key, boolean=value.lower() == "true")
+    if re.fullmatch(r"-?\d+", value):
+        return pb.Condition(key=key, integer=int(value))
+    return pb.Condition(key=key, keyword=value)
+
+
+def hit_to_dict(hit: pb.SearchHit) -> dict[str, Any]:
+    """A search hit as plain JSON-ready data."""
+    out: dict[str, Any] = {
+        "id": hit.id,
+        "score": round(float(hit.score), 6),
+        "modality": modality_name(hit.modality),
+        "source": hit.source,
+        "media_id": hit.media_id,
+        "segment": hit.segment,
+    }
+    if hit.text:
+        out["text"] = hit.text
+    out["metadata"] = _ints_back(json_format.MessageToDict(hit.metadata))
+    out["attributes"] = _ints_back(json_format.MessageToDict(hit.attributes))
+    return out
+
+
+def _ints_back(d: dict[str, Any]) -> dict[str, Any]:
+    # protobuf Struct stores every number as a double; show whole numbers as integers again.
+    return {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in d.items()}
+
+
+def to_struct(d: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(d)
+    return s

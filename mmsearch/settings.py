@@ -1,0 +1,41 @@
+"""Settings built at the edge: CLI flags over environment variables over defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from server.config import ServerConfig
+
+ENV_PREFIX = "MMSEARCH_"
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """A ServerConfig from parsed `serve` / local-mode flags; unset flags fall back to MMSEARCH_* env."""
+    base = ServerConfig()
+    env = os.environ
+
+    def pick(flag: object, name: str, default: object) -> object:
+        if flag is not None:
+            return flag
+        return env.get(ENV_PREFIX + name, default)
+
+    return replace(
+        base,
+        data_dir=Path(str(pick(getattr(args, "data", None), "DATA", base.data_dir))),
+        host=str(pick(getattr(args, "host", None), "HOST", base.host)),
+        port=int(str(pick(getattr(args, "port", None), "PORT", base.port))),
+        bundle=str(pick(getattr(args, "bundle", None), "BUNDLE", base.bundle)),
+        device=_opt(pick(getattr(args, "device", None), "DEVICE", None)),
+        qdrant_url=_opt(pick(getattr(args, "qdrant_url", None), "QDRANT_URL", None)),
+        # Secrets come from the environment only, never from flags (they would show in `ps`).
+        qdrant_api_key=env.get(ENV_PREFIX + "QDRANT_API_KEY") or None,
+        collection=str(pick(getattr(args, "collection", None), "COLLECTION", base.collection)),
+        max_top_k=int(str(pick(getattr(args, "max_top_k", None), "MAX_TOP_K", base.max_top_k))),
+    )
+
+
+def _opt(value: object) -> str | None:
+    return None if value in (None, "") else str(value)

@@ -1,0 +1,1 @@
+"""The gRPC service: query planning, request validation, the grpc.aio server."""

@@ -1,0 +1,26 @@
+"""Server configuration: one frozen dataclass, built at the edge (CLI flags, environment)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 50051
+    bundle: str = "tiny"
+    device: str | None = None  # None: CUDA when present, else CPU
+    # Set to use a Qdrant server/cluster instead of the embedded store.
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    collection: str = "mmsearch"
+    max_top_k: int = 1000
+    max_batch_items: int = 256
+    max_message_bytes: int = 64 * 1024 * 1024
+    # Seconds in-flight RPCs get to finish after SIGTERM.
+    grace_seconds: float = 10.0
+    # How often the embedded store's pending HNSW builds are checked for.
+    optimize_interval_seconds: float = 5.0

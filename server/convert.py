@@ -1,0 +1,121 @@
+"""Pure conversions between protobuf messages and the engine's types (no I/O, no state)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from encoders.modality import Modality
+from indexer.filters import Condition, FilterError, FilterSpec, Match, MatchAny, Range
+from indexer.items import ItemInput
+from indexer.schema import META, StoredPoint
+from mmsearch.v1 import search_pb2 as pb
+from server.engine import QueryInput
+from server.errors import InvalidArgument
+
+_TO_PROTO = {
+    Modality.TEXT: pb.MODALITY_TEXT,
+    Modality.IMAGE: pb.MODALITY_IMAGE,
+    Modality.AUDIO: pb.MODALITY_AUDIO,
+    Modality.VIDEO: pb.MODALITY_VIDEO,
+}
+_FROM_PROTO = {v: k for k, v in _TO_PROTO.items()}
+# Payload keys that have their own SearchHit field; the rest of the system payload goes to attributes.
+_HIT_FIELDS = frozenset({"modality", "source", "media_id", "segment", "text", META})
+
+
+def modality_to_proto(m: Modality) -> pb.Modality:
+    return _TO_PROTO[m]
+
+
+def modality_from_proto(value: int, *, field: str) -> Modality:
+    try:
+        return _FROM_PROTO[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidArgument(f"{field}: modality must be TEXT, IMAGE, AUDIO or VIDEO, got {value}") from None
+
+
+def query_from_proto(q: pb.QueryInput, *, field: str = "query") -> QueryInput:
+    kind = q.WhichOneof("input")
+    if kind == "text":
+        return QueryInput(text=q.text)
+    if kind == "image":
+        return QueryInput(image=q.image)
+    if kind == "id":
+        if not q.id:
+            raise InvalidArgument(f"{field}.id is empty")
+        return QueryInput(id=q.id)
+    raise InvalidArgument(f"{field} is empty: set text, image or id")
+
+
+def _condition_from_proto(c: pb.Condition, where: str) -> Condition:
+    kind = c.WhichOneof("match")
+    if kind == "keyword":
+        return Match(c.key, c.keyword)
+    if kind == "integer":
+        return Match(c.key, c.integer)
+    if kind == "boolean":
+        return Match(c.key, c.boolean)
+    if kind == "any_of":
+        return MatchAny(c.key, tuple(c.any_of.values))
+    if kind == "range":
+        r = c.range
+        return Range(
+            c.key,
+            gt=r.gt if r.HasField("gt") else None,
+            gte=r.gte if r.HasField("gte") else None,
+            lt=r.lt if r.HasField("lt") else None,
+            lte=r.lte if r.HasField("lte") else None,
+        )
+    raise FilterError(f"{where} on {c.key!r} sets no match (keyword, integer, boolean, any_of or range)")
+
+
+def filter_from_proto(f: pb.Filter, *, field: str = "filter") -> FilterSpec:
+    def group(name: str, conds: Any) -> tuple[Condition, ...]:
+        return tuple(_condition_from_proto(c, f"{field}.{name}[{i}]") for i, c in enumerate(conds))
+
+    try:
+        return FilterSpec(group("must", f.must), group("must_not", f.must_not), group("should", f.should))
+    except FilterError as exc:
+        raise InvalidArgument(str(exc)) from exc
+
+
+def struct_from_dict(d: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(d)
+    return s
+
+
+def struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(s)
+
+
+def hit_to_proto(p: StoredPoint) -> pb.SearchHit:
+    payload = p.payload
+    modality = payload.get("modality")
+    return pb.SearchHit(
+        id=p.id,
+        score=p.score,
+        modality=_TO_PROTO.get(Modality(modality), pb.MODALITY_UNSPECIFIED)
+        if modality
+        else pb.MODALITY_UNSPECIFIED,
+        source=str(payload.get("source", "")),
+        media_id=str(payload.get("media_id", "")),
+        segment=int(payload.get("segment", 0)),
+        text=str(payload.get("text", "")),
+        metadata=struct_from_dict(payload.get(META) or {}),
+        attributes=struct_from_dict({k: v for k, v in payload.items() if k not in _HIT_FIELDS}),
+    )
+
+
+def item_from_proto(item: pb.Item, index: int) -> ItemInput:
+    kind = item.WhichOneof("content")
+    field = f"items[{index}]"
+    metadata = struct_to_dict(item.metadata)
+    attributes = struct_to_dict(item.attributes)
+    if kind == "text":
+        return ItemInput(Modality.TEXT, item.text, item.source, item.id or None, metadata, attributes)
+    if kind == "image":
+        return ItemInput(Modality.IMAGE, item.image, item.source, item.id or None, metadata, attributes)
+    raise InvalidArgument(f"{field} has no content: set text or image")

@@ -1,0 +1,141 @@
+"""The gRPC servicer: a thin shell that converts messages and runs the engine off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from indexer.store import BundleMismatchError, StoreError
+from mmsearch.v1 import search_pb2 as pb
+from mmsearch.v1 import search_pb2_grpc as pb_grpc
+from server import convert
+from server.engine import SearchEngine, SearchParams
+from server.errors import InvalidArgument, RequestError
+
+log = logging.getLogger("mmsearch.server")
+T = TypeVar("T")
+
+
+class SearchService(pb_grpc.SearchServiceServicer):
+    def __init__(self, engine: SearchEngine) -> None:
+        self.engine = engine
+
+    async def _run(self, context: grpc.aio.ServicerContext, method: str, fn: Callable[[], T]) -> T:
+        start = time.perf_counter()
+        try:
+            # Encoding and store calls block; run them on worker threads so the loop keeps serving.
+            result = await asyncio.to_thread(fn)
+        except RequestError as exc:
+            log.info("%s -> %s: %s", method, exc.code.name, exc.message)
+            await _abort(context, exc.code, exc.message)
+        except BundleMismatchError as exc:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except StoreError as exc:
+            log.exception("%s: store error", method)
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"vector store error: {exc}")
+        except Exception as exc:  # the last resort: a status a client can read, never UNKNOWN
+            log.exception("%s: internal error", method)
+            await _abort(
+                context, grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}"
+            )
+        log.debug("%s ok in %.1f ms", method, (time.perf_counter() - start) * 1e3)
+        return result
+
+    async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
+        def run() -> pb.SearchResponse:
+            if not request.HasField("query"):
+                raise InvalidArgument("query is required")
+            query = convert.query_from_proto(request.query)
+            params = SearchParams(
+                top_k=request.top_k,
+                modalities=tuple(
+                    convert.modality_from_proto(m, field=f"modalities[{i}]")
+                    for i, m in enumerate(request.modalities)
+                ),
+                filter=convert.filter_from_proto(request.filter) if request.HasField("filter") else None,
+                score_threshold=request.score_threshold if request.HasField("score_threshold") else None,
+            )
+            encoded, hits = self.engine.search(query, params)
+            return pb.SearchResponse(
+                hits=[convert.hit_to_proto(h) for h in hits],
+                bundle_id=self.engine.bundle_id,
+                query_modality=convert.modality_to_proto(encoded.modality),
+            )
+
+        return await self._run(context, "Search", run)
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        def run() -> pb.EmbedResponse:
+            inputs = [convert.query_from_proto(q, field=f"inputs[{i}]") for i, q in enumerate(request.inputs)]
+            encoded = self.engine.embed(inputs)
+            return pb.EmbedResponse(
+                embeddings=[
+                    pb.Embedding(vector=e.vector.tolist(), modality=convert.modality_to_proto(e.modality))
+                    for e in encoded
+                ],
+                bundle_id=self.engine.bundle_id,
+                dim=self.engine.encoder.dim,
+            )
+
+        return await self._run(context, "Embed", run)
+
+    async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
+        def run() -> pb.UpsertResponse:
+            items = [convert.item_from_proto(item, i) for i, item in enumerate(request.items)]
+            outcomes = self.engine.upsert(items)
+            results = [
+                pb.ItemResult(
+                    index=i, ids=o.ids, media_id=o.media_id, unchanged=o.unchanged, error=o.error or ""
+                )
+                for i, o in enumerate(outcomes)
+            ]
+            failed = sum(1 for o in outcomes if o.error)
+            written = sum(1 for o in outcomes if not o.error and not o.unchanged)
+            return pb.UpsertResponse(results=results, written=written, failed=failed)
+
+        return await self._run(context, "Upsert", run)
+
+    async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
+        def run() -> pb.GetResponse:
+            points = self.engine.get(list(request.ids), with_vectors=request.with_vectors)
+            return pb.GetResponse(
+                points=[
+                    pb.StoredPoint(
+                        point=convert.hit_to_proto(p),
+                        vector=p.vector.tolist() if p.vector is not None else [],
+                    )
+                    for p in points
+                ]
+            )
+
+        return await self._run(context, "Get", run)
+
+    async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+        return await self._run(
+            context, "Delete", lambda: pb.DeleteResponse(deleted=self.engine.delete(request.ids))
+        )
+
+    async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
+        def run() -> pb.StatsResponse:
+            info = self.engine.stats()
+            return pb.StatsResponse(
+                points=info.points,
+                bundle_id=info.schema.bundle_id,
+                bundle_name=self.engine.encoder.bundle.spec.name,
+                dim=info.schema.dim,
+                by_modality=info.by_modality,
+                store=info.kind,
+                max_top_k=self.engine.config.max_top_k,
+            )
+
+        return await self._run(context, "Stats", run)
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
