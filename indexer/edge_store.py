@@ -206,7 +206,10 @@ class EdgeStore:
 
 def _edge_condition(c: Match | MatchAny | Range) -> qe.FieldCondition:
     if isinstance(c, Match):
-        return qe.FieldCondition(key=c.key, match=qe.MatchValue(c.value))
+        # qdrant-edge-py 0.9 reads a Python bool as the integer 0/1, which never matches a JSON
+        # boolean; numpy's bool_ is not an int subclass, so it arrives as a real boolean.
+        value = np.bool_(c.value) if isinstance(c.value, bool) else c.value
+        return qe.FieldCondition(key=c.key, match=qe.MatchValue(value))  # type: ignore[arg-type]
     if isinstance(c, MatchAny):
         return qe.FieldCondition(key=c.key, match=qe.MatchAny(list(c.values)))
     return qe.FieldCondition(key=c.key, range=qe.RangeFloat(gt=c.gt, gte=c.gte, lt=c.lt, lte=c.lte))

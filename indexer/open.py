@@ -17,10 +17,14 @@ def open_store(
     qdrant_url: str | None = None,
     api_key: str | None = None,
     collection: str = DEFAULT_COLLECTION,
+    shards: int | None = None,
+    replication: int | None = None,
 ) -> VectorStore:
     schema = CollectionSchema(bundle_id=schema.bundle_id, dim=schema.dim, name=collection)
     if qdrant_url:
-        return QdrantStore(qdrant_url, schema, api_key=api_key)
+        return QdrantStore(
+            qdrant_url, schema, api_key=api_key, shard_number=shards, replication_factor=replication
+        )
     if data_dir is None:
         raise ValueError("either data_dir (embedded store) or qdrant_url (Qdrant server) is required")
     return EdgeStore(data_dir, schema)

@@ -41,12 +41,17 @@ class QdrantStore:
         replication_factor: int | None = None,
         write_consistency_factor: int | None = None,
         timeout: int = 30,
+        client: QdrantClient | None = None,
     ) -> None:
-        if url == ":memory:":
+        if client is not None:  # a caller-owned client (shared connection pool, tests)
+            self._client = client
+        elif url == ":memory:":
             self._client = QdrantClient(location=":memory:")
         else:
             self._client = QdrantClient(url=url, api_key=api_key, prefer_grpc=True, timeout=timeout)
         self.url = url
+        # In-process mode always searches exactly and warns when given HNSW search params.
+        self._in_process = url == ":memory:"
         self.hnsw_ef = hnsw_ef
         self.schema = schema
         name = schema.name
@@ -65,7 +70,7 @@ class QdrantStore:
                 write_consistency_factor=write_consistency_factor,
                 metadata=schema.to_metadata(),
             )
-            if url != ":memory:":  # local mode ignores payload indexes and warns about them
+            if not self._in_process:  # in-process mode ignores payload indexes and warns about them
                 for key in KEYWORD_INDEXES:
                     self._client.create_payload_index(name, key, models.PayloadSchemaType.KEYWORD)
 
@@ -116,7 +121,9 @@ class QdrantStore:
             query_filter=_qdrant_filter(filter, exclude_ids),
             score_threshold=score_threshold,
             with_payload=True,
-            search_params=models.SearchParams(hnsw_ef=self.hnsw_ef, exact=exact),
+            search_params=None
+            if self._in_process
+            else models.SearchParams(hnsw_ef=self.hnsw_ef, exact=exact),
         )
         return [StoredPoint(str(p.id), dict(p.payload or {}), float(p.score)) for p in result.points]
 

@@ -34,7 +34,14 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         qdrant_api_key=env.get(ENV_PREFIX + "QDRANT_API_KEY") or None,
         collection=str(pick(getattr(args, "collection", None), "COLLECTION", base.collection)),
         max_top_k=int(str(pick(getattr(args, "max_top_k", None), "MAX_TOP_K", base.max_top_k))),
+        max_message_bytes=int(env.get(ENV_PREFIX + "MAX_MESSAGE_BYTES", base.max_message_bytes)),
+        qdrant_shards=_opt_int(env.get(ENV_PREFIX + "QDRANT_SHARDS")),
+        qdrant_replication=_opt_int(env.get(ENV_PREFIX + "QDRANT_REPLICATION")),
     )
+
+
+def _opt_int(value: str | None) -> int | None:
+    return int(value) if value else None
 
 
 def _opt(value: object) -> str | None:

@@ -36,6 +36,8 @@ def build_engine(config: ServerConfig) -> SearchEngine:
         qdrant_url=config.qdrant_url,
         api_key=config.qdrant_api_key,
         collection=config.collection,
+        shards=config.qdrant_shards,
+        replication=config.qdrant_replication,
     )
     return SearchEngine(ClipEncoder(bundle), store, config)
 

@@ -17,6 +17,9 @@ class ServerConfig:
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
     collection: str = "mmsearch"
+    # Used when the server store creates its collection; a single-node server needs neither.
+    qdrant_shards: int | None = None
+    qdrant_replication: int | None = None
     max_top_k: int = 1000
     max_batch_items: int = 256
     max_message_bytes: int = 64 * 1024 * 1024

@@ -1,0 +1,101 @@
+"""A real `mmsearch serve` process on a free port, spoken to over a real gRPC channel."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mmsearch.client import MMSearchClient
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    target: str
+    data_dir: Path
+    output: list[str]
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+def start_server(
+    data_dir: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> ServerProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmsearch",
+        "serve",
+        "--data",
+        str(data_dir),
+        "--port",
+        "0",
+        "--bundle",
+        "tiny",
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    output: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    while True:
+        try:
+            line = lines.get(timeout=timeout)
+        except queue.Empty:
+            proc.kill()
+            raise RuntimeError("server did not start in time:\n" + "".join(output)) from None
+        if line is None:
+            raise RuntimeError(f"server exited with {proc.wait()}:\n" + "".join(output))
+        if line.startswith("mmsearch serving on "):
+            target = line.split()[3]
+            return ServerProcess(proc, target, data_dir, output)
+
+
+def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mmsearch", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    data = tmp_path_factory.mktemp("data")
+    srv = start_server(data, env={"MMSEARCH_MAX_MESSAGE_BYTES": str(2 * 1024 * 1024)})
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[MMSearchClient]:
+    with MMSearchClient(server.target, timeout=60) as c:
+        c.wait_ready(30)
+        yield c

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from encoders.bundle import ModelBundle, load_bundle, parse_bundle_name, save_bundle
+from encoders.clip import ClipEncoder
+from encoders.errors import BundleError
+from tests.media import make_image
+
+
+def test_tiny_bundle_is_deterministic(tiny_bundle: ModelBundle) -> None:
+    again = load_bundle("tiny", device="cpu")
+    assert again.bundle_id == tiny_bundle.bundle_id
+    assert tiny_bundle.embed_dim == 64 and tiny_bundle.context_length == 77
+
+
+def test_encoder_outputs_are_unit_float32(encoder: ClipEncoder) -> None:
+    imgs = encoder.embed_images([make_image(i) for i in range(10)])
+    txts = encoder.embed_texts(["a cat", "a dog", "a boat"])
+    for v in (imgs, txts):
+        assert v.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert imgs.shape == (10, 64) and txts.shape == (3, 64)
+    # Batching does not change results: image 9 alone equals image 9 in a batch of 10.
+    np.testing.assert_allclose(encoder.embed_images([make_image(9)])[0], imgs[9], atol=1e-5)
+
+
+def test_saved_bundle_directory_reloads_to_the_same_space(tiny_bundle: ModelBundle, tmp_path: Path) -> None:
+    out = save_bundle(tiny_bundle, tmp_path / "bundle")
+    loaded = load_bundle(str(out), device="cpu")
+    assert loaded.bundle_id == tiny_bundle.bundle_id
+    a = ClipEncoder(tiny_bundle).embed_texts(["hello"])
+    b = ClipEncoder(loaded).embed_texts(["hello"])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_changed_weights_change_the_bundle_id(tiny_bundle: ModelBundle, tmp_path: Path) -> None:
+    out = save_bundle(tiny_bundle, tmp_path / "b")
+    changed = load_bundle(str(out), device="cpu")
+    with torch.no_grad():
+        next(changed.model.parameters()).add_(0.01)
+    save_bundle(changed, tmp_path / "c")
+    assert load_bundle(str(tmp_path / "c"), device="cpu").bundle_id != tiny_bundle.bundle_id
+
+
+def test_openclip_name_with_local_weights_file(tiny_bundle: ModelBundle, tmp_path: Path) -> None:
+    weights = tmp_path / "weights.pt"
+    torch.save(tiny_bundle.model.state_dict(), weights)
+    loaded = load_bundle(f"openclip:mmsearch-tiny/{weights}", device="cpu")
+    assert loaded.bundle_id == tiny_bundle.bundle_id
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("no-such-bundle", "unknown bundle"),
+        ("openclip:ViT-B-32", "expected openclip:MODEL/TAG"),
+    ],
+)
+def test_bad_bundle_names_are_explained(name: str, message: str) -> None:
+    with pytest.raises(BundleError, match=message):
+        parse_bundle_name(name)
+
+
+def test_missing_weights_file_is_explained(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="does not exist"):
+        load_bundle(f"openclip:mmsearch-tiny/{tmp_path}/missing.pt")
+
+
+def test_bundle_dir_without_config_is_explained(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match=r"open_clip_config\.json"):
+        parse_bundle_name(str(tmp_path))

@@ -1,0 +1,207 @@
+"""One suite, run on both store adapters (embedded Edge and qdrant-client)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.edge_store import EdgeStore
+from indexer.filters import FilterSpec, Match, MatchAny, Range
+from indexer.schema import CollectionSchema, PointRecord, point_id
+from indexer.store import BundleMismatchError, StoreLockedError, VectorStore
+
+SCHEMA = CollectionSchema(bundle_id="b-test", dim=16)
+MakeStore = Callable[..., VectorStore]
+
+
+def _points(n: int = 30, seed: int = 0) -> list[PointRecord]:
+    rng = np.random.default_rng(seed)
+    vecs = rng.normal(size=(n, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    return [
+        PointRecord(
+            id=point_id(f"p{i}"),
+            vector=vecs[i],
+            payload={
+                "modality": "image" if i % 2 else "text",
+                "source": f"/lib/{i}",
+                "media_id": f"m{i // 3}",
+                "meta": {"color": ["red", "green", "blue"][i % 3], "year": 2000 + i, "public": i % 4 == 0},
+            },
+        )
+        for i in range(n)
+    ]
+
+
+def test_upsert_then_query_finds_the_exact_vector_first(store_factory: MakeStore) -> None:
+    store = store_factory(SCHEMA)
+    pts = _points()
+    store.upsert(pts)
+    for p in pts[:5]:
+        hits = store.query(p.vector, limit=3)
+        assert hits[0].id == p.id
+        assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+        assert hits[0].payload["source"] == p.payload["source"]
+        assert hits[0].score >= hits[1].score >= hits[2].score
+
+
+def test_filters_restrict_results(store_factory: MakeStore) -> None:
+    store = store_factory(SCHEMA)
+    pts = _points()
+    store.upsert(pts)
+    q = pts[0].vector
+    cases = {
+        FilterSpec(must=(Match("modality", "image"),)): lambda p: p.payload["modality"] == "image",
+        FilterSpec(must=(Match("meta.color", "red"),)): lambda p: p.payload["meta"]["color"] == "red",
+        FilterSpec(must=(Range("meta.year", gte=2010, lt=2020),)): lambda p: (
+            2010 <= p.payload["meta"]["year"] < 2020
+        ),
+        FilterSpec(must=(MatchAny("media_id", ("m1", "m2")),)): lambda p: (
+            p.payload["media_id"] in ("m1", "m2")
+        ),
+        FilterSpec(must_not=(Match("meta.public", True),)): lambda p: not p.payload["meta"]["public"],
+        FilterSpec(should=(Match("meta.color", "red"), Match("meta.color", "blue"))): lambda p: (
+            p.payload["meta"]["color"] in ("red", "blue")
+        ),
+    }
+    for spec, pred in cases.items():
+        expected = {p.id for p in pts if pred(p)}
+        hits = store.query(q, limit=100, filter=spec)
+        assert {h.id for h in hits} == expected, spec
+        assert store.count(spec) == len(expected)
+
+
+def test_exclude_ids_and_score_threshold(store_factory: MakeStore) -> None:
+    store = store_factory(SCHEMA)
+    pts = _points()
+    store.upsert(pts)
+    hits = store.query(pts[0].vector, limit=5, exclude_ids=[pts[0].id])
+    assert pts[0].id not in {h.id for h in hits} and len(hits) == 5
+    high = store.query(pts[0].vector, limit=30, score_threshold=0.5)
+    assert high and all(h.score >= 0.5 for h in high)
+
+
+def test_get_count_delete_scroll(store_factory: MakeStore) -> None:
+    store = store_factory(SCHEMA)
+    pts = _points()
+    store.upsert(pts)
+    assert store.count() == 30
+    got = store.get([pts[3].id, str(uuid.uuid4())], with_vectors=True)
+    assert [g.id for g in got] == [pts[3].id]
+    assert got[0].vector is not None
+    np.testing.assert_allclose(got[0].vector, pts[3].vector, atol=1e-5)
+    store.delete([pts[3].id, pts[4].id])
+    assert store.count() == 28
+    assert store.get([pts[3].id]) == []
+    seen: list[str] = []
+    offset = None
+    while True:
+        page, offset = store.scroll(limit=7, offset=offset)
+        assert len(page) <= 7
+        seen.extend(p.id for p in page)
+        if offset is None:
+            break
+    assert len(seen) == 28 and len(set(seen)) == 28
+    red = store.scroll(limit=100, filter=FilterSpec(must=(Match("meta.color", "red"),)))[0]
+    assert {p.id for p in red} == {p.id for p in pts if p.payload["meta"]["color"] == "red"} - {pts[3].id}
+
+
+def test_upsert_same_id_replaces(store_factory: MakeStore) -> None:
+    store = store_factory(SCHEMA)
+    pts = _points(5)
+    store.upsert(pts)
+    store.upsert([PointRecord(pts[0].id, pts[1].vector, {"modality": "text", "source": "new"})])
+    assert store.count() == 5
+    assert store.get([pts[0].id])[0].payload["source"] == "new"
+
+
+def test_info_reports_points_and_modalities(store_factory: MakeStore) -> None:
+    store = store_factory(SCHEMA)
+    store.upsert(_points(10))
+    info = store.info()
+    assert info.points == 10
+    assert info.by_modality["image"] == 5 and info.by_modality["text"] == 5 and info.by_modality["audio"] == 0
+    assert info.schema.bundle_id == "b-test"
+
+
+def test_wrong_vector_dimension_is_refused(store_factory: MakeStore) -> None:
+    store = store_factory(SCHEMA)
+    with pytest.raises(Exception, match="expected"):
+        store.upsert([PointRecord(point_id("x"), np.ones(8, dtype=np.float32), {})])
+    assert store.count() == 0
+
+
+def test_edge_survives_restart(tmp_path: Path) -> None:
+    pts = _points()
+    store = EdgeStore(tmp_path / "s", SCHEMA)
+    store.upsert(pts)
+    store.optimize()
+    store.close()
+    reopened = EdgeStore(tmp_path / "s", SCHEMA)
+    try:
+        assert reopened.count() == 30
+        assert reopened.query(pts[7].vector, limit=1)[0].id == pts[7].id
+    finally:
+        reopened.close()
+
+
+def test_edge_refuses_another_bundle(tmp_path: Path) -> None:
+    EdgeStore(tmp_path / "s", SCHEMA).close()
+    with pytest.raises(BundleMismatchError, match="b-test") as exc:
+        EdgeStore(tmp_path / "s", CollectionSchema(bundle_id="b-other", dim=16))
+    assert "re-ingest" in str(exc.value)
+    # The refusal released the lock: the right bundle still opens.
+    EdgeStore(tmp_path / "s", SCHEMA).close()
+
+
+def test_qdrant_refuses_another_bundle() -> None:
+    from qdrant_client import QdrantClient
+
+    from indexer.qdrant_store import QdrantStore
+
+    client = QdrantClient(location=":memory:")
+    QdrantStore(":memory:", SCHEMA, client=client).upsert(_points(3))
+    with pytest.raises(BundleMismatchError, match="b-test"):
+        QdrantStore(":memory:", CollectionSchema(bundle_id="b-other", dim=16), client=client)
+    assert QdrantStore(":memory:", SCHEMA, client=client).count() == 3
+
+
+def test_edge_second_process_gets_a_clear_error_and_no_corruption(tmp_path: Path) -> None:
+    pts = _points()
+    store = EdgeStore(tmp_path / "s", SCHEMA)
+    store.upsert(pts)
+    code = (
+        "import sys\n"
+        "from indexer.edge_store import EdgeStore\n"
+        "from indexer.schema import CollectionSchema\n"
+        "from indexer.store import StoreLockedError\n"
+        "try:\n"
+        f"    EdgeStore({str(tmp_path / 's')!r}, CollectionSchema(bundle_id='b-test', dim=16))\n"
+        "except StoreLockedError as e:\n"
+        "    print(e); sys.exit(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert "already open in another process" in proc.stdout
+    # The owner is unaffected.
+    store.upsert(
+        [PointRecord(point_id(f"new{i}"), p.vector, p.payload) for i, p in enumerate(_points(3, seed=1))]
+    )
+    assert store.count() == 33
+    store.close()
+    reopened = EdgeStore(tmp_path / "s", SCHEMA)
+    assert reopened.count() == 33
+    reopened.close()
+
+
+def test_edge_same_process_second_open_is_refused(tmp_path: Path) -> None:
+    store = EdgeStore(tmp_path / "s", SCHEMA)
+    with pytest.raises(StoreLockedError):
+        EdgeStore(tmp_path / "s", SCHEMA)
+    store.close()
