@@ -54,6 +54,7 @@ class _Prepared:
     ids: list[str]
     image: Image.Image | None = None
     texts: list[str] = field(default_factory=list)
+    vectors: np.ndarray | None = None  # one row per point, filled by _embed
 
 
 class ItemIndexer:
@@ -167,23 +168,23 @@ class ItemIndexer:
 
     def _embed(self, todo: list[_Prepared]) -> list[PointRecord]:
         images = [p for p in todo if p.image is not None]
-        texts = [p for p in todo if p.texts]
-        vectors: dict[int, np.ndarray] = {}
         if images:
-            for p, v in zip(
-                images, self.encoder.embed_images([p.image for p in images if p.image]), strict=True
-            ):
-                vectors[id(p)] = v[None, :]
+            vectors = self.encoder.embed_images([p.image for p in images if p.image is not None])
+            for p, v in zip(images, vectors, strict=True):
+                p.vectors = v[None, :]
+        texts = [p for p in todo if p.texts]
         if texts:
+            # One encoder pass over every chunk of every text in the batch.
             flat = self.encoder.embed_texts([t for p in texts for t in p.texts])
             start = 0
             for p in texts:
-                vectors[id(p)] = flat[start : start + len(p.texts)]
+                p.vectors = flat[start : start + len(p.texts)]
                 start += len(p.texts)
         return [
             PointRecord(id=i, vector=vec, payload=payload)
             for p in todo
-            for i, payload, vec in zip(p.ids, p.payloads, vectors[id(p)], strict=True)
+            if p.vectors is not None
+            for i, payload, vec in zip(p.ids, p.payloads, p.vectors, strict=True)
         ]
 
     def _replace_stale_segments(self, todo: list[_Prepared]) -> None:
