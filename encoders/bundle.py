@@ -25,15 +25,19 @@ import open_clip
 import torch
 from PIL import Image
 
+from encoders.audio import AudioTower, AudioTowerCfg
 from encoders.errors import BundleError
 
 TINY = "tiny"
 OPENCLIP_PREFIX = "openclip:"
 TINY_MODEL_NAME = "mmsearch-tiny"
+TINY_AUDIO_CONFIG = "mmsearch-tiny-audio.json"
 CONFIG_DIR = Path(__file__).parent / "configs"
 BUNDLE_META = "bundle.json"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
+AUDIO_CONFIG = "audio_config.json"
+AUDIO_WEIGHTS = "audio_model.safetensors"
 
 _registered = False
 
@@ -70,6 +74,8 @@ class ModelBundle:
     context_length: int
     bundle_id: str
     device: torch.device
+    # The audio tower bound to this space; None when the bundle has none (plain open_clip models).
+    audio: AudioTower | None = None
 
 
 def resolve_device(device: str | None = None) -> torch.device:
@@ -113,15 +119,54 @@ def _model_config(spec: BundleSpec) -> dict[str, Any]:
 
 
 def compute_bundle_id(
-    model: torch.nn.Module, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any]
+    model: torch.nn.Module,
+    model_cfg: dict[str, Any],
+    preprocess_cfg: dict[str, Any],
+    audio: AudioTower | None = None,
 ) -> str:
-    """Hash of config, preprocessing and every weight: equal ids mean the same embedding space."""
+    """Hash of configs, preprocessing and every weight: equal ids mean the same embedding space."""
     h = hashlib.sha256()
-    h.update(json.dumps({"model": model_cfg, "preprocess": preprocess_cfg}, sort_keys=True).encode())
-    for key, tensor in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    audio_cfg = audio.cfg.to_dict() if audio is not None else None
+    h.update(
+        json.dumps(
+            {"model": model_cfg, "preprocess": preprocess_cfg, "audio": audio_cfg}, sort_keys=True
+        ).encode()
+    )
+    modules: list[tuple[str, torch.nn.Module]] = [("", model)]
+    if audio is not None:
+        modules.append(("audio.", audio))
+    for prefix, module in modules:
+        for key, tensor in sorted(module.state_dict().items()):
+            h.update((prefix + key).encode())
+            h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return "b" + h.hexdigest()[:23]
+
+
+def _load_audio_tower(spec: BundleSpec, embed_dim: int) -> AudioTower | None:
+    if spec.name == TINY:
+        torch.manual_seed(1)
+        return AudioTower(AudioTowerCfg.load(CONFIG_DIR / TINY_AUDIO_CONFIG, embed_dim=embed_dim)).eval()
+    if not spec.model_name.startswith("local-dir:"):
+        return None
+    root = Path(spec.name)
+    if not (root / AUDIO_CONFIG).is_file():
+        return None
+    cfg = AudioTowerCfg.load(root / AUDIO_CONFIG)
+    if cfg.embed_dim != embed_dim:
+        raise BundleError(
+            f"bundle {root}: audio tower embeds into {cfg.embed_dim} dims, the image/text towers {embed_dim}"
+        )
+    weights = root / AUDIO_WEIGHTS
+    if not weights.is_file():
+        raise BundleError(f"bundle {root} has {AUDIO_CONFIG} but no {AUDIO_WEIGHTS}")
+    from safetensors.torch import load_file
+
+    tower = AudioTower(cfg)
+    try:
+        tower.load_state_dict(load_file(str(weights)))
+    except RuntimeError as exc:
+        raise BundleError(f"bundle {root}: audio weights do not fit {AUDIO_CONFIG}: {exc}") from exc
+    return tower.eval()
 
 
 def load_bundle(name: str, device: str | None = None) -> ModelBundle:
@@ -143,10 +188,14 @@ def load_bundle(name: str, device: str | None = None) -> ModelBundle:
         raise BundleError(f"bundle {name!r} could not be loaded: {exc}{hint}") from exc
     model.eval()
     model_cfg = _model_config(spec)
+    embed_dim = int(model_cfg["embed_dim"])
     preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(model))
-    bundle_id = compute_bundle_id(model, model_cfg, preprocess_cfg)
+    audio = _load_audio_tower(spec, embed_dim)
+    bundle_id = compute_bundle_id(model, model_cfg, preprocess_cfg, audio)
     dev = resolve_device(device)
     model.to(dev)
+    if audio is not None:
+        audio.to(dev)
     tokenizer = open_clip.get_tokenizer(spec.model_name)
     return ModelBundle(
         spec=spec,
@@ -154,10 +203,11 @@ def load_bundle(name: str, device: str | None = None) -> ModelBundle:
         preprocess=preprocess,
         tokenizer=tokenizer,
         model_cfg=model_cfg,
-        embed_dim=int(model_cfg["embed_dim"]),
+        embed_dim=embed_dim,
         context_length=int(getattr(tokenizer, "context_length", 77)),
         bundle_id=bundle_id,
         device=dev,
+        audio=audio,
     )
 
 
@@ -173,5 +223,9 @@ def save_bundle(bundle: ModelBundle, out_dir: str | Path) -> Path:
     )
     state = {k: v.detach().to("cpu").contiguous() for k, v in bundle.model.state_dict().items()}
     save_file(state, str(out / WEIGHTS_FILE))
+    if bundle.audio is not None:
+        (out / AUDIO_CONFIG).write_text(json.dumps(bundle.audio.cfg.to_dict(), indent=2))
+        audio_state = {k: v.detach().to("cpu").contiguous() for k, v in bundle.audio.state_dict().items()}
+        save_file(audio_state, str(out / AUDIO_WEIGHTS))
     (out / BUNDLE_META).write_text(json.dumps({"source": bundle.spec.name, "bundle_id": bundle.bundle_id}))
     return out

@@ -17,6 +17,7 @@ from encoders.modality import Modality
 from indexer.filters import FilterSpec, Match, MatchAny, Range
 from indexer.schema import (
     DENSE,
+    FRAMES,
     KEYWORD_INDEXES,
     CollectionSchema,
     PointRecord,
@@ -24,7 +25,7 @@ from indexer.schema import (
     StoreInfo,
     dense_vector,
 )
-from indexer.store import BundleMismatchError, StoreError, StoreLockedError
+from indexer.store import BundleMismatchError, StoreError, StoreLockedError, check_shapes
 
 SCHEMA_FILE = "mmsearch.json"
 SHARD_DIR = "shard"
@@ -55,8 +56,18 @@ class EdgeStore:
         try:
             self.schema = self._check_schema(schema)
             self.hnsw_ef = hnsw_ef
+            frames = qe.EdgeVectorParams(
+                size=schema.dim,
+                distance=qe.Distance.Cosine,
+                multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+                # Frames only re-score a prefetched candidate set: no graph to build (m=0).
+                hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
+            )
             config = qe.EdgeConfig(
-                vectors={DENSE: qe.EdgeVectorParams(size=schema.dim, distance=qe.Distance.Cosine)},
+                vectors={
+                    DENSE: qe.EdgeVectorParams(size=schema.dim, distance=qe.Distance.Cosine),
+                    FRAMES: frames,
+                },
                 hnsw_config=qe.HnswIndexConfig(
                     m=hnsw_m, ef_construct=hnsw_ef_construct, full_scan_threshold=10_000
                 ),
@@ -126,12 +137,8 @@ class EdgeStore:
     def upsert(self, points: Sequence[PointRecord]) -> None:
         if not points:
             return
-        for p in points:
-            if p.vector.shape != (self.schema.dim,):
-                raise StoreError(
-                    f"point {p.id}: vector shape {p.vector.shape}, expected ({self.schema.dim},)"
-                )
-        ops = [qe.Point(p.id, {DENSE: p.vector.astype(np.float32).tolist()}, p.payload) for p in points]
+        check_shapes(points, self.schema.dim)
+        ops = [qe.Point(p.id, _vectors(p), p.payload) for p in points]
         with self._write_lock:
             self._shard.update(qe.UpdateOperation.upsert_points(ops))
             self._shard.flush()
@@ -159,15 +166,35 @@ class EdgeStore:
         score_threshold: float | None = None,
         exclude_ids: Sequence[str] = (),
         exact: bool = False,
+        frames_prefetch: int | None = None,
     ) -> list[StoredPoint]:
-        request = qe.QueryRequest(
-            limit=limit,
-            query=qe.Query.Nearest(vector.astype(np.float32).tolist(), using=DENSE),
-            filter=_edge_filter(filter, exclude_ids),
-            with_payload=True,
-            score_threshold=score_threshold,
-            params=qe.SearchParams(hnsw_ef=self.hnsw_ef, exact=exact),
-        )
+        q = vector.astype(np.float32).tolist()
+        params = qe.SearchParams(hnsw_ef=self.hnsw_ef, exact=exact)
+        edge_filter = _edge_filter(filter, exclude_ids)
+        if frames_prefetch:
+            request = qe.QueryRequest(
+                limit=limit,
+                prefetches=[
+                    qe.Prefetch(
+                        limit=frames_prefetch,
+                        query=qe.Query.Nearest(q, using=DENSE),
+                        filter=edge_filter,
+                        params=params,
+                    )
+                ],
+                query=qe.Query.Nearest([q], using=FRAMES),
+                with_payload=True,
+                score_threshold=score_threshold,
+            )
+        else:
+            request = qe.QueryRequest(
+                limit=limit,
+                query=qe.Query.Nearest(q, using=DENSE),
+                filter=edge_filter,
+                with_payload=True,
+                score_threshold=score_threshold,
+                params=params,
+            )
         return [
             StoredPoint(str(r.id), dict(r.payload or {}), float(r.score)) for r in self._shard.query(request)
         ]
@@ -202,6 +229,13 @@ class EdgeStore:
             self._shard.flush()
             self._shard.close()
         self._release_lock()
+
+
+def _vectors(p: PointRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {DENSE: p.vector.astype(np.float32).tolist()}
+    if p.frames is not None:
+        out[FRAMES] = p.frames.astype(np.float32).tolist()
+    return out
 
 
 def _edge_condition(c: Match | MatchAny | Range) -> qe.FieldCondition:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from encoders.clip import ClipEncoder
+from encoders.encoder import Encoder
 from encoders.errors import MediaDecodeError
 from encoders.media import decode_image
 from encoders.modality import Modality
@@ -60,7 +60,7 @@ class _Prepared:
 class ItemIndexer:
     """Writes items into one store with one encoder."""
 
-    def __init__(self, encoder: ClipEncoder, store: VectorStore) -> None:
+    def __init__(self, encoder: Encoder, store: VectorStore) -> None:
         if encoder.bundle.bundle_id != store.schema.bundle_id:
             raise ValueError("encoder and store belong to different bundles")
         self.encoder = encoder

@@ -15,6 +15,7 @@ from encoders.modality import Modality
 from indexer.filters import FilterSpec, Match, MatchAny, Range
 from indexer.schema import (
     DENSE,
+    FRAMES,
     KEYWORD_INDEXES,
     CollectionSchema,
     PointRecord,
@@ -22,7 +23,7 @@ from indexer.schema import (
     StoreInfo,
     dense_vector,
 )
-from indexer.store import BundleMismatchError, StoreError
+from indexer.store import BundleMismatchError, check_shapes
 
 
 class QdrantStore:
@@ -63,7 +64,18 @@ class QdrantStore:
         else:
             self._client.create_collection(
                 name,
-                vectors_config={DENSE: models.VectorParams(size=schema.dim, distance=models.Distance.COSINE)},
+                vectors_config={
+                    DENSE: models.VectorParams(size=schema.dim, distance=models.Distance.COSINE),
+                    FRAMES: models.VectorParams(
+                        size=schema.dim,
+                        distance=models.Distance.COSINE,
+                        multivector_config=models.MultiVectorConfig(
+                            comparator=models.MultiVectorComparator.MAX_SIM
+                        ),
+                        # Frames only re-score a prefetched candidate set: no graph to build (m=0).
+                        hnsw_config=models.HnswConfigDiff(m=0),
+                    ),
+                },
                 hnsw_config=models.HnswConfigDiff(m=16, ef_construct=128),
                 shard_number=shard_number,
                 replication_factor=replication_factor,
@@ -77,19 +89,10 @@ class QdrantStore:
     def upsert(self, points: Sequence[PointRecord]) -> None:
         if not points:
             return
-        for p in points:
-            if p.vector.shape != (self.schema.dim,):
-                raise StoreError(
-                    f"point {p.id}: vector shape {p.vector.shape}, expected ({self.schema.dim},)"
-                )
+        check_shapes(points, self.schema.dim)
         self._client.upsert(
             self.schema.name,
-            points=[
-                models.PointStruct(
-                    id=p.id, vector={DENSE: p.vector.astype(np.float32).tolist()}, payload=p.payload
-                )
-                for p in points
-            ],
+            points=[models.PointStruct(id=p.id, vector=_vectors(p), payload=p.payload) for p in points],
             wait=True,
         )
 
@@ -112,19 +115,34 @@ class QdrantStore:
         score_threshold: float | None = None,
         exclude_ids: Sequence[str] = (),
         exact: bool = False,
+        frames_prefetch: int | None = None,
     ) -> list[StoredPoint]:
-        result = self._client.query_points(
-            self.schema.name,
-            query=vector.astype(np.float32).tolist(),
-            using=DENSE,
-            limit=limit,
-            query_filter=_qdrant_filter(filter, exclude_ids),
-            score_threshold=score_threshold,
-            with_payload=True,
-            search_params=None
-            if self._in_process
-            else models.SearchParams(hnsw_ef=self.hnsw_ef, exact=exact),
-        )
+        q = vector.astype(np.float32).tolist()
+        params = None if self._in_process else models.SearchParams(hnsw_ef=self.hnsw_ef, exact=exact)
+        qfilter = _qdrant_filter(filter, exclude_ids)
+        if frames_prefetch:
+            result = self._client.query_points(
+                self.schema.name,
+                prefetch=models.Prefetch(
+                    query=q, using=DENSE, limit=frames_prefetch, filter=qfilter, params=params
+                ),
+                query=[q],
+                using=FRAMES,
+                limit=limit,
+                score_threshold=score_threshold,
+                with_payload=True,
+            )
+        else:
+            result = self._client.query_points(
+                self.schema.name,
+                query=q,
+                using=DENSE,
+                limit=limit,
+                query_filter=qfilter,
+                score_threshold=score_threshold,
+                with_payload=True,
+                search_params=params,
+            )
         return [StoredPoint(str(p.id), dict(p.payload or {}), float(p.score)) for p in result.points]
 
     def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:
@@ -159,6 +177,13 @@ class QdrantStore:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _vectors(p: PointRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {DENSE: p.vector.astype(np.float32).tolist()}
+    if p.frames is not None:
+        out[FRAMES] = p.frames.astype(np.float32).tolist()
+    return out
 
 
 def _condition(c: Match | MatchAny | Range) -> models.FieldCondition:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 DENSE = "dense"  # name of the shared-space vector every point has
+FRAMES = "frames"  # per-frame vectors of a video segment (multivector, MAX_SIM), for re-scoring
 DEFAULT_COLLECTION = "mmsearch"
 SCHEMA_VERSION = 1
 
@@ -32,6 +33,9 @@ SYSTEM_FIELDS = frozenset(
         "width",
         "height",
         "external_id",
+        "track",
+        "pooled",
+        "duration",
     }
 )
 # Keyword fields that get a payload index: the common filter keys.
@@ -60,6 +64,7 @@ class PointRecord:
     id: str
     vector: np.ndarray
     payload: dict[str, Any]
+    frames: np.ndarray | None = None  # (n_frames, dim) for video segments
 
 
 @dataclass
@@ -84,7 +89,7 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def point_id(key: str, segment: int = 0) -> str:
+def point_id(key: str, segment: int | str = 0) -> str:
     """Deterministic point id (a UUID string, as Qdrant requires) for a key and segment index.
 
     Same content (or caller id) and segment -> same id, so writing it again replaces instead of

@@ -38,7 +38,9 @@ class VectorStore(Protocol):
     kind: str
     schema: CollectionSchema
 
-    def upsert(self, points: Sequence[PointRecord]) -> None: ...
+    def upsert(self, points: Sequence[PointRecord]) -> None:
+        """Write points; raises StoreError for a vector of the wrong shape before writing any."""
+        ...
 
     def query(
         self,
@@ -49,8 +51,12 @@ class VectorStore(Protocol):
         score_threshold: float | None = None,
         exclude_ids: Sequence[str] = (),
         exact: bool = False,
+        frames_prefetch: int | None = None,
     ) -> list[StoredPoint]:
-        """Nearest points by cosine similarity, best first."""
+        """Nearest points by cosine similarity, best first.
+
+        With `frames_prefetch`, the top that-many points by dense similarity are re-scored by
+        MAX_SIM between the query and their frame vectors; points without frames drop out."""
         ...
 
     def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:
@@ -85,3 +91,11 @@ def matching_ids(store: VectorStore, filter: FilterSpec, *, page_size: int = 256
         ids.extend(p.id for p in page)
         if offset is None:
             return ids
+
+
+def check_shapes(points: Sequence[PointRecord], dim: int) -> None:
+    for p in points:
+        if p.vector.shape != (dim,):
+            raise StoreError(f"point {p.id}: vector shape {p.vector.shape}, expected ({dim},)")
+        if p.frames is not None and (p.frames.ndim != 2 or p.frames.shape[1] != dim or len(p.frames) == 0):
+            raise StoreError(f"point {p.id}: frames shape {p.frames.shape}, expected (n >= 1, {dim})")

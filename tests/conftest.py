@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from encoders.bundle import ModelBundle, load_bundle
-from encoders.clip import ClipEncoder
+from encoders.encoder import Encoder
 from indexer.edge_store import EdgeStore
 from indexer.qdrant_store import QdrantStore
 from indexer.schema import CollectionSchema
@@ -26,8 +26,8 @@ def tiny_bundle() -> ModelBundle:
 
 
 @pytest.fixture(scope="session")
-def encoder(tiny_bundle: ModelBundle) -> ClipEncoder:
-    return ClipEncoder(tiny_bundle, batch_size=8)
+def encoder(tiny_bundle: ModelBundle) -> Encoder:
+    return Encoder(tiny_bundle, batch_size=8)
 
 
 @pytest.fixture(params=["edge", "qdrant"])

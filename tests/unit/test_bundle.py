@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from encoders.bundle import ModelBundle, load_bundle, parse_bundle_name, save_bundle
-from encoders.clip import ClipEncoder
+from encoders.encoder import Encoder
 from encoders.errors import BundleError
 from tests.media import make_image
 
@@ -18,7 +18,7 @@ def test_tiny_bundle_is_deterministic(tiny_bundle: ModelBundle) -> None:
     assert tiny_bundle.embed_dim == 64 and tiny_bundle.context_length == 77
 
 
-def test_encoder_outputs_are_unit_float32(encoder: ClipEncoder) -> None:
+def test_encoder_outputs_are_unit_float32(encoder: Encoder) -> None:
     imgs = encoder.embed_images([make_image(i) for i in range(10)])
     txts = encoder.embed_texts(["a cat", "a dog", "a boat"])
     for v in (imgs, txts):
@@ -33,8 +33,8 @@ def test_saved_bundle_directory_reloads_to_the_same_space(tiny_bundle: ModelBund
     out = save_bundle(tiny_bundle, tmp_path / "bundle")
     loaded = load_bundle(str(out), device="cpu")
     assert loaded.bundle_id == tiny_bundle.bundle_id
-    a = ClipEncoder(tiny_bundle).embed_texts(["hello"])
-    b = ClipEncoder(loaded).embed_texts(["hello"])
+    a = Encoder(tiny_bundle).embed_texts(["hello"])
+    b = Encoder(loaded).embed_texts(["hello"])
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 

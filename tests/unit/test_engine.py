@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from encoders.clip import ClipEncoder
+from encoders.encoder import Encoder
 from encoders.modality import Modality
 from indexer.filters import FilterSpec, Match, Range
 from indexer.items import ItemInput
@@ -15,7 +15,7 @@ from tests.media import TEXTS, image_bytes
 
 
 @pytest.fixture
-def engine(encoder: ClipEncoder) -> SearchEngine:
+def engine(encoder: Encoder) -> SearchEngine:
     store = QdrantStore(":memory:", CollectionSchema(bundle_id=encoder.bundle.bundle_id, dim=encoder.dim))
     eng = SearchEngine(encoder, store, ServerConfig(max_top_k=50, max_batch_items=10))
     eng.upsert([ItemInput(Modality.TEXT, t, source=f"t{i}", metadata={"i": i}) for i, t in enumerate(TEXTS)])

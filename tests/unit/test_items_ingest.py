@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from encoders.clip import ClipEncoder
+from encoders.encoder import Encoder
 from encoders.modality import Modality
 from indexer.filters import FilterSpec, Match
 from indexer.ingest import ingest_path
@@ -17,12 +17,12 @@ from tests.media import TEXTS, image_bytes, write_library
 MakeStore = Callable[..., VectorStore]
 
 
-def _indexer(encoder: ClipEncoder, store_factory: MakeStore) -> ItemIndexer:
+def _indexer(encoder: Encoder, store_factory: MakeStore) -> ItemIndexer:
     schema = CollectionSchema(bundle_id=encoder.bundle.bundle_id, dim=encoder.dim)
     return ItemIndexer(encoder, store_factory(schema))
 
 
-def test_a_corrupt_item_fails_alone(encoder: ClipEncoder, store_factory: MakeStore) -> None:
+def test_a_corrupt_item_fails_alone(encoder: Encoder, store_factory: MakeStore) -> None:
     ix = _indexer(encoder, store_factory)
     items = [
         ItemInput(Modality.IMAGE, image_bytes(1), source="a.png"),
@@ -41,7 +41,7 @@ def test_a_corrupt_item_fails_alone(encoder: ClipEncoder, store_factory: MakeSto
     assert stored["width"] == 96 and stored["height"] == 80 and stored["modality"] == "image"
 
 
-def test_reindexing_the_same_content_adds_nothing(encoder: ClipEncoder, store_factory: MakeStore) -> None:
+def test_reindexing_the_same_content_adds_nothing(encoder: Encoder, store_factory: MakeStore) -> None:
     ix = _indexer(encoder, store_factory)
     items = [ItemInput(Modality.TEXT, t, source=f"t{i}") for i, t in enumerate(TEXTS)]
     first = ix.index(items)
@@ -53,7 +53,7 @@ def test_reindexing_the_same_content_adds_nothing(encoder: ClipEncoder, store_fa
 
 
 def test_long_text_becomes_overlapping_chunks_of_one_media(
-    encoder: ClipEncoder, store_factory: MakeStore
+    encoder: Encoder, store_factory: MakeStore
 ) -> None:
     ix = _indexer(encoder, store_factory)
     text = " ".join(f"word{i}" for i in range(400))
@@ -69,7 +69,7 @@ def test_long_text_becomes_overlapping_chunks_of_one_media(
 
 
 def test_caller_id_rewritten_with_shorter_text_drops_old_chunks(
-    encoder: ClipEncoder, store_factory: MakeStore
+    encoder: Encoder, store_factory: MakeStore
 ) -> None:
     ix = _indexer(encoder, store_factory)
     long = " ".join(f"word{i}" for i in range(400))
@@ -79,7 +79,7 @@ def test_caller_id_rewritten_with_shorter_text_drops_old_chunks(
     assert ix.store.count(FilterSpec(must=(Match("external_id", "doc-1"),))) == 1
 
 
-def test_metadata_is_stored_and_filterable(encoder: ClipEncoder, store_factory: MakeStore) -> None:
+def test_metadata_is_stored_and_filterable(encoder: Encoder, store_factory: MakeStore) -> None:
     ix = _indexer(encoder, store_factory)
     ix.index(
         [
@@ -92,9 +92,7 @@ def test_metadata_is_stored_and_filterable(encoder: ClipEncoder, store_factory: 
     assert [h.payload["text"] for h in hits] == ["beta"]
 
 
-def test_ingest_folder_summary_and_rerun(
-    encoder: ClipEncoder, store_factory: MakeStore, tmp_path: Path
-) -> None:
+def test_ingest_folder_summary_and_rerun(encoder: Encoder, store_factory: MakeStore, tmp_path: Path) -> None:
     ix = _indexer(encoder, store_factory)
     paths = write_library(tmp_path / "lib")
     summary = ingest_path(tmp_path / "lib", ix.index, batch_items=4, progress=False)
@@ -117,7 +115,7 @@ def test_ingest_folder_summary_and_rerun(
 
 
 def test_unreadable_file_is_listed_and_skipped(
-    encoder: ClipEncoder, store_factory: MakeStore, tmp_path: Path
+    encoder: Encoder, store_factory: MakeStore, tmp_path: Path
 ) -> None:
     ix = _indexer(encoder, store_factory)
     lib = tmp_path / "lib"
@@ -131,7 +129,7 @@ def test_unreadable_file_is_listed_and_skipped(
     assert "not valid UTF-8" in reasons and "cannot read file" in reasons
 
 
-def test_image_embedding_matches_direct_encoding(encoder: ClipEncoder, store_factory: MakeStore) -> None:
+def test_image_embedding_matches_direct_encoding(encoder: Encoder, store_factory: MakeStore) -> None:
     ix = _indexer(encoder, store_factory)
     (out,) = ix.index([ItemInput(Modality.IMAGE, image_bytes(5))])
     stored = ix.store.get(out.ids, with_vectors=True)[0].vector

@@ -205,3 +205,34 @@ def test_edge_same_process_second_open_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreLockedError):
         EdgeStore(tmp_path / "s", SCHEMA)
     store.close()
+
+
+def test_frames_rescoring_finds_the_segment_holding_the_frame(store_factory: MakeStore) -> None:
+    store = store_factory(SCHEMA)
+    rng = np.random.default_rng(3)
+    frames = rng.normal(size=(4, 5, 16)).astype(np.float32)
+    frames /= np.linalg.norm(frames, axis=-1, keepdims=True)
+    records = []
+    for k in range(4):
+        pooled = frames[k].mean(axis=0)
+        records.append(
+            PointRecord(
+                point_id("video", k), pooled / np.linalg.norm(pooled), {"modality": "video"}, frames=frames[k]
+            )
+        )
+    records += _points(10)  # points without frames drop out of frame re-scoring
+    store.upsert(records)
+    query = frames[2, 3]  # one frame of segment 2
+    hits = store.query(query, limit=3, frames_prefetch=50)
+    assert hits[0].id == point_id("video", 2)
+    assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert {h.id for h in hits} <= {r.id for r in records[:4]}
+
+
+def test_malformed_frames_are_refused(store_factory: MakeStore) -> None:
+    store = store_factory(SCHEMA)
+    bad = PointRecord(
+        point_id("v"), np.ones(16, dtype=np.float32), {}, frames=np.ones((2, 8), dtype=np.float32)
+    )
+    with pytest.raises(Exception, match="frames shape"):
+        store.upsert([bad])

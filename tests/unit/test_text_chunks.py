@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import itertools
 
-from encoders.clip import ClipEncoder
+from encoders.encoder import Encoder
 from encoders.text import chunk_text
 
 
@@ -42,7 +42,7 @@ def test_word_longer_than_budget_is_split_not_dropped() -> None:
     assert chunks[-1].text.endswith("tail")
 
 
-def test_encoder_chunks_fit_the_context(encoder: ClipEncoder) -> None:
+def test_encoder_chunks_fit_the_context(encoder: Encoder) -> None:
     text = " ".join(f"sentence {i} about cats, dogs and tokenisation." for i in range(80))
     chunks = encoder.chunk(text)
     assert len(chunks) > 1

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
+from encoders.audio import AudioTower, window_bounds
 from encoders.bundle import ModelBundle
+from encoders.errors import EncoderError
 from encoders.text import TextChunk, chunk_text
 
 
-class ClipEncoder:
+@dataclass(frozen=True)
+class AudioEmbedding:
+    """A clip's window vectors (one per overlapping window) and their pooled vector."""
+
+    windows: list[tuple[float, float]]  # (start, end) seconds
+    vectors: np.ndarray  # (n_windows, dim)
+    pooled: np.ndarray  # (dim,)
+
+
+class Encoder:
     """Embeds images and texts with one bundle's open_clip towers."""
 
     def __init__(self, bundle: ModelBundle, batch_size: int = 64) -> None:
@@ -45,6 +57,60 @@ class ClipEncoder:
             self._forward_texts(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)
         ]
         return self._stack(out)
+
+    def embed_frames(self, frames: np.ndarray) -> np.ndarray:
+        """Video frames, uint8 (n, H, W, 3) -> (n, dim)."""
+        return self.embed_images([Image.fromarray(f) for f in frames])
+
+    # -- audio ----------------------------------------------------------------------------
+
+    @property
+    def has_audio(self) -> bool:
+        return self.bundle.audio is not None
+
+    @property
+    def audio_sample_rate(self) -> int:
+        return self._audio().cfg.sample_rate
+
+    def embed_audio(self, samples: np.ndarray) -> AudioEmbedding:
+        """A mono clip at `audio_sample_rate`: one vector per overlapping window, and the
+        normalised mean of those as the clip's vector."""
+        cfg = self._audio().cfg
+        bounds = window_bounds(len(samples), cfg)
+        vectors = self.embed_audio_clips([samples[a:b] for a, b in bounds])
+        pooled = vectors.mean(axis=0)
+        pooled /= max(float(np.linalg.norm(pooled)), 1e-12)
+        windows = [(a / cfg.sample_rate, b / cfg.sample_rate) for a, b in bounds]
+        return AudioEmbedding(windows, vectors, pooled.astype(np.float32))
+
+    def embed_audio_clips(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        """Each clip as one window -> (n, dim). Clips of equal length share a forward pass."""
+        tower = self._audio()
+        # The mel front end pads by reflection, which needs more than n_fft samples.
+        min_len = tower.cfg.n_fft + 1
+        padded = [c if len(c) >= min_len else np.pad(c, (0, min_len - len(c))) for c in clips]
+        out = np.zeros((len(clips), self.dim), dtype=np.float32)
+        by_len: dict[int, list[int]] = {}
+        for i, c in enumerate(padded):
+            by_len.setdefault(len(c), []).append(i)
+        for idx in by_len.values():
+            for start in range(0, len(idx), self.batch_size):
+                part = idx[start : start + self.batch_size]
+                batch = torch.from_numpy(np.stack([padded[i] for i in part]).astype(np.float32))
+                with self._inference():
+                    feats = tower(self._to_device(batch))
+                out[part] = self._stack([feats])
+        return out
+
+    def _audio(self) -> AudioTower:
+        if self.bundle.audio is None:
+            raise EncoderError(
+                f"bundle {self.bundle.spec.name} has no audio tower: audio cannot be embedded in its space "
+                "(train one with `mmsearch train`, or use a bundle that has one)"
+            )
+        return self.bundle.audio
+
+    # -- text -----------------------------------------------------------------------------
 
     def chunk(self, text: str) -> list[TextChunk]:
         """Overlapping chunks of `text`, each within the text tower's context."""
