@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from encoders.bundle import load_bundle
-from encoders.clip import ClipEncoder
+from encoders.encoder import Encoder
 from indexer.open import open_store
 from indexer.schema import CollectionSchema
 from mmsearch.v1 import search_pb2 as pb
@@ -39,7 +39,7 @@ def build_engine(config: ServerConfig) -> SearchEngine:
         shards=config.qdrant_shards,
         replication=config.qdrant_replication,
     )
-    return SearchEngine(ClipEncoder(bundle), store, config)
+    return SearchEngine(Encoder(bundle), store, config)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from encoders.clip import ClipEncoder
+from encoders.encoder import Encoder
 from encoders.errors import MediaDecodeError
 from encoders.media import decode_image
 from encoders.modality import Modality
@@ -51,7 +51,7 @@ class SearchParams:
 
 
 class SearchEngine:
-    def __init__(self, encoder: ClipEncoder, store: VectorStore, config: ServerConfig) -> None:
+    def __init__(self, encoder: Encoder, store: VectorStore, config: ServerConfig) -> None:
         self.encoder = encoder
         self.store = store
         self.config = config
