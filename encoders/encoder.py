@@ -70,12 +70,12 @@ class Encoder:
 
     @property
     def audio_sample_rate(self) -> int:
-        return self._audio().cfg.sample_rate
+        return self.require_audio().cfg.sample_rate
 
     def embed_audio(self, samples: np.ndarray) -> AudioEmbedding:
         """A mono clip at `audio_sample_rate`: one vector per overlapping window, and the
         normalised mean of those as the clip's vector."""
-        cfg = self._audio().cfg
+        cfg = self.require_audio().cfg
         bounds = window_bounds(len(samples), cfg)
         vectors = self.embed_audio_clips([samples[a:b] for a, b in bounds])
         pooled = vectors.mean(axis=0)
@@ -85,7 +85,7 @@ class Encoder:
 
     def embed_audio_clips(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         """Each clip as one window -> (n, dim). Clips of equal length share a forward pass."""
-        tower = self._audio()
+        tower = self.require_audio()
         # The mel front end pads by reflection, which needs more than n_fft samples.
         min_len = tower.cfg.n_fft + 1
         padded = [c if len(c) >= min_len else np.pad(c, (0, min_len - len(c))) for c in clips]
@@ -102,7 +102,8 @@ class Encoder:
                 out[part] = self._stack([feats])
         return out
 
-    def _audio(self) -> AudioTower:
+    def require_audio(self) -> AudioTower:
+        """The bundle's audio tower; raises EncoderError naming the bundle when it has none."""
         if self.bundle.audio is None:
             raise EncoderError(
                 f"bundle {self.bundle.spec.name} has no audio tower: audio cannot be embedded in its space "

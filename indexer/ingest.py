@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from encoders.decode import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
 from encoders.errors import MediaDecodeError
 from encoders.media import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, decode_text
 from encoders.modality import Modality
@@ -56,6 +57,10 @@ def modality_for(path: Path) -> Modality | None:
         return Modality.IMAGE
     if ext in TEXT_EXTENSIONS:
         return Modality.TEXT
+    if ext in AUDIO_EXTENSIONS:
+        return Modality.AUDIO
+    if ext in VIDEO_EXTENSIONS:
+        return Modality.VIDEO
     return None
 
 
@@ -75,10 +80,16 @@ def walk_media(root: Path) -> tuple[list[MediaFile], int]:
 
 
 def read_item(media: MediaFile) -> ItemInput:
-    """Read one file into an item. Raises OSError or MediaDecodeError when it cannot."""
-    raw = media.path.read_bytes()
+    """One file as an item. Text and images are read here; audio and video stay on disk for the
+    decoder. Raises OSError or MediaDecodeError when the file cannot be read."""
     stat = media.path.stat()
-    data: bytes | str = decode_text(raw, name=str(media.path)) if media.modality == Modality.TEXT else raw
+    data: bytes | str | Path
+    if media.modality == Modality.TEXT:
+        data = decode_text(media.path.read_bytes(), name=str(media.path))
+    elif media.modality == Modality.IMAGE:
+        data = media.path.read_bytes()
+    else:
+        data = media.path
     return ItemInput(
         modality=media.modality,
         data=data,
@@ -122,7 +133,7 @@ def ingest_path(
             summary.errors.append(FileFailure(str(media.path), _reason(exc)))
             bar.update(1)
             continue
-        item_size = len(item.data) if isinstance(item.data, bytes) else len(item.data.encode())
+        item_size = int(item.attributes["size"])
         if batch and (len(batch) >= batch_items or size + item_size > batch_bytes):
             flush()
         batch.append(item)

@@ -1,36 +1,42 @@
-"""Turning items (image bytes or text) into stored points: decode, chunk, embed, write.
+"""Turning items (text, image, audio or video) into stored points: decode, chunk, embed, write.
 
-Each item succeeds or fails on its own: a corrupt image is reported in its outcome and the rest
-of the batch is still written. Items whose points already exist with the same content are not
-re-embedded, so re-ingesting a library costs one lookup per file.
+Each item succeeds or fails on its own: a corrupt file is reported in its outcome and the rest
+of the batch is still written. An item whose points already exist for the same content is not
+decoded or embedded again, so re-ingesting a library costs one lookup per file. Audio and video
+decode in a separate worker process with a time limit (see encoders.decode).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from encoders.decode import MediaDecoder
 from encoders.encoder import Encoder
-from encoders.errors import MediaDecodeError
+from encoders.errors import EncoderError, MediaDecodeError
 from encoders.media import decode_image
 from encoders.modality import Modality
 from indexer.filters import FilterSpec, Match
-from indexer.schema import PointRecord, StoredPoint, content_hash, point_id
+from indexer.media_points import POOLED, VideoLayout, audio_points, video_points
+from indexer.schema import PointRecord, point_id
 from indexer.store import VectorStore, matching_ids
 
 # Client-supplied file attributes kept in the payload; anything else is ignored.
 ATTRIBUTE_KEYS = ("size", "mtime")
+_COMPARED = ("content_hash", "bundle_id", "source", "meta")
 
 
 @dataclass(frozen=True)
 class ItemInput:
     modality: Modality
-    data: bytes | str  # encoded image bytes, or text
+    # text: str; image: bytes; audio / video: bytes, or a Path read by the decoder directly
+    data: bytes | str | Path
     source: str = ""
     id: str | None = None  # caller id; default is the content hash
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -43,71 +49,87 @@ class ItemOutcome:
     media_id: str = ""
     unchanged: bool = False
     error: str | None = None
+    note: str | None = None  # indexed, with a caveat (e.g. a video without an audio track)
 
 
 @dataclass
-class _Prepared:
+class _Work:
     index: int
     item: ItemInput
     key: str
-    payloads: list[dict[str, Any]]  # one per point (segment)
-    ids: list[str]
-    image: Image.Image | None = None
-    texts: list[str] = field(default_factory=list)
-    vectors: np.ndarray | None = None  # one row per point, filled by _embed
+    base: dict[str, Any]
+    sentinel: str  # the point whose presence means this media is fully indexed
+    records: list[PointRecord] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # text chunks waiting for one batched pass
 
 
 class ItemIndexer:
     """Writes items into one store with one encoder."""
 
-    def __init__(self, encoder: Encoder, store: VectorStore) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        store: VectorStore,
+        *,
+        decoder: MediaDecoder | None = None,
+        video_layout: VideoLayout | None = None,
+    ) -> None:
         if encoder.bundle.bundle_id != store.schema.bundle_id:
             raise ValueError("encoder and store belong to different bundles")
         self.encoder = encoder
         self.store = store
+        rate = encoder.audio_sample_rate if encoder.has_audio else 16_000
+        self.decoder = decoder or MediaDecoder(sample_rate=rate)
+        self.video_layout = video_layout or VideoLayout()
+
+    def close(self) -> None:
+        self.decoder.close()
 
     def index(self, items: Sequence[ItemInput]) -> list[ItemOutcome]:
         outcomes = [ItemOutcome() for _ in items]
-        prepared: list[_Prepared] = []
+        work: list[_Work] = []
         for i, item in enumerate(items):
             try:
-                prepared.append(self._prepare(i, item))
-            except MediaDecodeError as exc:
-                outcomes[i].error = str(exc)
-        todo = self._drop_unchanged(prepared, outcomes)
-        self._decode_images(todo, outcomes)
-        todo = [p for p in todo if outcomes[p.index].error is None]
-        records = self._embed(todo)
-        self._replace_stale_segments(todo)
-        self.store.upsert(records)
+                work.append(self._identify(i, item))
+            except (MediaDecodeError, OSError) as exc:
+                outcomes[i].error = _reason(exc, item)
+        existing = {p.id: p for p in self.store.get([w.sentinel for w in work])}
+        todo = []
+        for w in work:
+            outcomes[w.index].media_id = w.base["media_id"]
+            stored = existing.get(w.sentinel)
+            if stored is not None and all(stored.payload.get(k) == w.base[k] for k in _COMPARED):
+                outcomes[w.index].unchanged = True
+                outcomes[w.index].ids = list(stored.payload.get("point_ids", [w.sentinel]))
+            else:
+                todo.append(w)
+        for w in todo:
+            try:
+                outcomes[w.index].note = self._build(w)
+            except (MediaDecodeError, EncoderError) as exc:
+                outcomes[w.index].error = _reason(exc, w.item)
+        self._embed_texts([w for w in todo if w.texts])
+        built = [w for w in todo if outcomes[w.index].error is None]
+        for w in built:
+            ids = [r.id for r in w.records]
+            # The sentinel records every point of the media, so an unchanged re-ingest needs no scan.
+            next(r for r in w.records if r.id == w.sentinel).payload["point_ids"] = ids
+            outcomes[w.index].ids = ids
+        self._drop_stale([w for w in built if w.sentinel in existing])
+        self.store.upsert([r for w in built for r in w.records])
         return outcomes
 
     # -- steps ----------------------------------------------------------------------------
 
-    def _prepare(self, index: int, item: ItemInput) -> _Prepared:
+    def _identify(self, index: int, item: ItemInput) -> _Work:
         name = item.source or f"item {index}"
-        if item.modality == Modality.TEXT:
-            if not isinstance(item.data, str):
-                raise MediaDecodeError(f"{name}: text item carries bytes, expected a string")
-            if not item.data.strip():
-                raise MediaDecodeError(f"{name}: text is empty")
-            raw = item.data.encode("utf-8")
-        elif item.modality == Modality.IMAGE:
-            if not isinstance(item.data, bytes):
-                raise MediaDecodeError(f"{name}: image item carries text, expected encoded image bytes")
-            if not item.data:
-                raise MediaDecodeError(f"{name}: empty image bytes")
-            raw = item.data
-        else:
-            raise MediaDecodeError(f"{name}: modality {item.modality} is not supported by this server yet")
-        digest = content_hash(raw)
+        digest = _check_and_hash(item, name)
         key = f"id:{item.id}" if item.id else f"sha256:{digest}"
-        media_id = point_id(key, -1)
         base: dict[str, Any] = {
             "modality": item.modality.value,
             "source": item.source,
             "content_hash": digest,
-            "media_id": media_id,
+            "media_id": point_id(key, -1),
             "bundle_id": self.encoder.bundle.bundle_id,
             "meta": dict(item.metadata),
         }
@@ -117,91 +139,89 @@ class ItemIndexer:
             v = item.attributes.get(k)
             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
                 base[k] = v
-        prepared = _Prepared(index=index, item=item, key=key, payloads=[], ids=[])
+        timed = item.modality in (Modality.AUDIO, Modality.VIDEO)
+        return _Work(index, item, key, base, sentinel=point_id(key, POOLED if timed else 0))
+
+    def _build(self, w: _Work) -> str | None:
+        item, name = w.item, w.item.source or f"item {w.index}"
+        data = item.data
         if item.modality == Modality.TEXT:
-            assert isinstance(item.data, str)
-            chunks = self.encoder.chunk(item.data)
+            assert isinstance(data, str)  # checked in _identify
+            chunks = self.encoder.chunk(data)
             for c in chunks:
-                prepared.payloads.append(
-                    {
-                        **base,
-                        "segment": c.index,
-                        "segments": len(chunks),
-                        "text": c.text,
-                        "char_start": c.start,
-                        "char_end": c.end,
-                    }
+                extra = {"segment": c.index, "segments": len(chunks), "text": c.text, "char_start": c.start}
+                w.records.append(
+                    PointRecord(point_id(w.key, c.index), _EMPTY, {**w.base, **extra, "char_end": c.end})
                 )
-                prepared.texts.append(c.text)
-        else:
-            prepared.payloads.append({**base, "segment": 0, "segments": 1})
-        prepared.ids = [point_id(key, p["segment"]) for p in prepared.payloads]
-        return prepared
+                w.texts.append(c.text)
+            return None
+        if item.modality == Modality.IMAGE:
+            raw = data.read_bytes() if isinstance(data, Path) else data
+            assert isinstance(raw, bytes)
+            image = decode_image(raw, name=name)
+            vec = self.encoder.embed_images([image])[0]
+            payload = {**w.base, "segment": 0, "segments": 1, "width": image.size[0], "height": image.size[1]}
+            w.records.append(PointRecord(point_id(w.key, 0), vec, payload))
+            return None
+        assert not isinstance(data, str)
+        if item.modality == Modality.AUDIO:
+            self.encoder.require_audio()  # before decoding: no tower, no point in decoding
+            w.records = audio_points(w.key, w.base, self.decoder.audio(data, name=name), self.encoder)
+            return None
+        video = self.decoder.video(data, name=name)
+        w.records, note = video_points(w.key, w.base, video, self.encoder, self.video_layout)
+        return note
 
-    def _drop_unchanged(self, prepared: list[_Prepared], outcomes: list[ItemOutcome]) -> list[_Prepared]:
-        for p in prepared:
-            outcomes[p.index].ids = p.ids
-            outcomes[p.index].media_id = p.payloads[0]["media_id"]
-        existing = {s.id: s for s in self.store.get([i for p in prepared for i in p.ids])}
-        todo = []
-        for p in prepared:
-            if all(
-                _same_point(existing.get(i), payload) for i, payload in zip(p.ids, p.payloads, strict=True)
-            ):
-                outcomes[p.index].unchanged = True
-            else:
-                todo.append(p)
-        return todo
+    def _embed_texts(self, work: list[_Work]) -> None:
+        if not work:
+            return
+        # One encoder pass over every chunk of every text in the batch.
+        vectors = self.encoder.embed_texts([t for w in work for t in w.texts])
+        start = 0
+        for w in work:
+            for r in w.records:
+                r.vector = vectors[start]
+                start += 1
 
-    def _decode_images(self, todo: list[_Prepared], outcomes: list[ItemOutcome]) -> None:
-        for p in todo:
-            if p.item.modality != Modality.IMAGE:
-                continue
-            assert isinstance(p.item.data, bytes)
-            try:
-                p.image = decode_image(p.item.data, name=p.item.source or f"item {p.index}")
-            except MediaDecodeError as exc:
-                outcomes[p.index].error = str(exc)
-                outcomes[p.index].ids = []
-                continue
-            p.payloads[0]["width"], p.payloads[0]["height"] = p.image.size
-
-    def _embed(self, todo: list[_Prepared]) -> list[PointRecord]:
-        images = [p for p in todo if p.image is not None]
-        if images:
-            vectors = self.encoder.embed_images([p.image for p in images if p.image is not None])
-            for p, v in zip(images, vectors, strict=True):
-                p.vectors = v[None, :]
-        texts = [p for p in todo if p.texts]
-        if texts:
-            # One encoder pass over every chunk of every text in the batch.
-            flat = self.encoder.embed_texts([t for p in texts for t in p.texts])
-            start = 0
-            for p in texts:
-                p.vectors = flat[start : start + len(p.texts)]
-                start += len(p.texts)
-        return [
-            PointRecord(id=i, vector=vec, payload=payload)
-            for p in todo
-            if p.vectors is not None
-            for i, payload, vec in zip(p.ids, p.payloads, p.vectors, strict=True)
-        ]
-
-    def _replace_stale_segments(self, todo: list[_Prepared]) -> None:
-        # A caller id re-used for shorter content would otherwise keep its old tail chunks.
-        for p in todo:
-            if not p.item.id:
-                continue
-            keep = set(p.ids)
-            current = matching_ids(self.store, FilterSpec(must=(Match("external_id", p.item.id),)))
-            stale = [i for i in current if i not in keep]
-            self.store.delete(stale)
+    def _drop_stale(self, work: list[_Work]) -> None:
+        # Media re-written under the same key (a caller id reused for other content) may leave
+        # points the new version does not have, e.g. the tail chunks of a longer text.
+        for w in work:
+            keep = {r.id for r in w.records}
+            current = matching_ids(self.store, FilterSpec(must=(Match("media_id", w.base["media_id"]),)))
+            self.store.delete([i for i in current if i not in keep])
 
 
-def _same_point(stored: StoredPoint | None, payload: dict[str, Any]) -> bool:
-    if stored is None:
-        return False
-    return all(
-        stored.payload.get(k) == payload[k]
-        for k in ("content_hash", "bundle_id", "source", "meta", "segments")
-    )
+_EMPTY = np.zeros(0, dtype=np.float32)  # a text chunk's vector until the batched text pass
+
+
+def _check_and_hash(item: ItemInput, name: str) -> str:
+    data, m = item.data, item.modality
+    if m == Modality.TEXT:
+        if not isinstance(data, str):
+            raise MediaDecodeError(f"{name}: text item carries bytes, expected a string")
+        if not data.strip():
+            raise MediaDecodeError(f"{name}: text is empty")
+        return hashlib.sha256(data.encode("utf-8")).hexdigest()
+    if isinstance(data, str):
+        raise MediaDecodeError(f"{name}: {m} item carries text, expected encoded {m} bytes")
+    if m not in (Modality.IMAGE, Modality.AUDIO, Modality.VIDEO):
+        raise MediaDecodeError(f"{name}: unsupported modality {m}")
+    h = hashlib.sha256()
+    if isinstance(data, Path):
+        with data.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        empty = data.stat().st_size == 0
+    else:
+        h.update(data)
+        empty = not data
+    if empty:
+        raise MediaDecodeError(f"{name}: empty {m} file")
+    return h.hexdigest()
+
+
+def _reason(exc: Exception, item: ItemInput) -> str:
+    if isinstance(exc, OSError):
+        return f"{item.source or 'item'}: cannot read file: {exc.strerror or exc}"
+    return str(exc)

@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one)")
     serve.add_argument("--max-top-k", type=int, help="largest top_k a query may ask for (default 1000)")
 
-    ingest = sub.add_parser("ingest", help="index a folder (or one file) of images and texts")
+    ingest = sub.add_parser("ingest", help="index a folder (or one file) of images, texts, audio and video")
     ingest.add_argument("path", type=Path)
     ingest.add_argument("--server", help="HOST:PORT of a running server; default writes the local store")
     _add_store_flags(ingest)
@@ -44,12 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--json", action="store_true", help="print the summary as JSON")
     ingest.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    search = sub.add_parser("search", help="query by text, image or stored id")
+    search = sub.add_parser("search", help="query by text, image, audio, video or stored id")
     search.add_argument("--server", help="HOST:PORT of a running server; default opens the local store")
     _add_store_flags(search)
     q = search.add_mutually_exclusive_group(required=True)
     q.add_argument("--text")
     q.add_argument("--image", type=Path)
+    q.add_argument("--audio", type=Path)
+    q.add_argument("--video", type=Path)
     q.add_argument("--id", help="a stored point id (or caller id) whose vector is the query")
     search.add_argument("--top-k", type=int, default=10)
     search.add_argument("--modality", action="append", default=[], help="restrict results (repeatable)")
@@ -57,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         "--filter", action="append", default=[], help="KEY=VALUE, KEY!=VALUE, KEY>=N ... (repeatable)"
     )
     search.add_argument("--threshold", type=float, help="minimum cosine score")
+    search.add_argument("--group-size", type=int, default=1, help="hits per media file (default 1)")
     search.add_argument("--json", action="store_true")
 
     stats = sub.add_parser("stats", help="index size and bundle")
@@ -124,7 +127,7 @@ def _ingest(args: argparse.Namespace) -> int:
             )
             engine.store.optimize()
         finally:
-            engine.store.close()
+            engine.close()
     if args.json:
         print(json.dumps(summary.to_json()))
     else:
@@ -145,44 +148,62 @@ def _remote_sink(client: mc.MMSearchClient) -> Any:
         for item in items:
             metadata, attributes = mc.to_struct(item.metadata), mc.to_struct(item.attributes)
             msg = mc.pb.Item(source=item.source, metadata=metadata, attributes=attributes)
-            if isinstance(item.data, str):
-                msg.text = item.data
+            data = item.data.read_bytes() if isinstance(item.data, Path) else item.data
+            if isinstance(data, str):
+                msg.text = data
             else:
-                msg.image = item.data
+                setattr(msg, item.modality.value, data)  # the Item field is named after the modality
             messages.append(msg)
-        resp = client.upsert(messages)
-        return [ItemOutcome(list(r.ids), r.media_id, r.unchanged, r.error or None) for r in resp.results]
+        try:
+            resp = client.upsert(messages)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            if len(items) > 1:  # too big together: send one at a time
+                return [o for item in items for o in send([item])]
+            return [
+                ItemOutcome(error=f"{items[0].source}: {exc.details()} (ingest it locally, without --server)")
+            ]
+        return [
+            ItemOutcome(list(r.ids), r.media_id, r.unchanged, r.error or None, r.note or None)
+            for r in resp.results
+        ]
 
     return send
 
 
 def _search(args: argparse.Namespace) -> int:
-    image = args.image.read_bytes() if args.image else None
+    media = {k: getattr(args, k).read_bytes() for k in ("image", "audio", "video") if getattr(args, k)}
     filt = mc.parse_filter(args.filter)
     if args.server:
         with mc.MMSearchClient(args.server) as client:
             resp = client.search(
                 text=args.text,
-                image=image,
                 id=args.id,
                 top_k=args.top_k,
                 modalities=args.modality,
                 filter=filt,
                 score_threshold=args.threshold,
+                group_size=args.group_size,
+                **media,
             )
         hits = [mc.hit_to_dict(h) for h in resp.hits]
     else:
-        hits = _local_search(args, image, filt)
+        hits = _local_search(args, media, filt)
     if args.json:
         print(json.dumps({"results": hits}))
     else:
         for rank, h in enumerate(hits, 1):
-            label = h.get("text", "")[:60].replace("\n", " ") if h["modality"] == "text" else ""
+            label = h.get("text", "")[:60].replace("\n", " ")
+            if "t_start" in h:
+                label = f"{h['track']} {h['t_start']:.1f}-{h['t_end']:.1f}s" + (
+                    " (whole file)" if h["pooled"] else ""
+                )
             print(f"{rank:>3}  {h['score']:.4f}  {h['modality']:<5}  {h['source'] or h['id']}  {label}")
     return 0
 
 
-def _local_search(args: argparse.Namespace, image: bytes | None, filt: Any) -> list[dict[str, Any]]:
+def _local_search(args: argparse.Namespace, media: dict[str, bytes], filt: Any) -> list[dict[str, Any]]:
     from encoders.modality import Modality
     from server import convert
     from server.engine import QueryInput, SearchParams
@@ -194,11 +215,12 @@ def _local_search(args: argparse.Namespace, image: bytes | None, filt: Any) -> l
             modalities=tuple(Modality(m.lower()) for m in args.modality),
             filter=convert.filter_from_proto(filt) if filt is not None else None,
             score_threshold=args.threshold,
+            group_size=args.group_size,
         )
-        _, hits = engine.search(QueryInput(text=args.text, image=image, id=args.id), params)
+        _, hits = engine.search(QueryInput(text=args.text, id=args.id, **media), params)
         return [mc.hit_to_dict(convert.hit_to_proto(h)) for h in hits]
     finally:
-        engine.store.close()
+        engine.close()
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -218,7 +240,7 @@ def _stats(args: argparse.Namespace) -> int:
         try:
             info = engine.stats()
         finally:
-            engine.store.close()
+            engine.close()
         out = {
             "points": info.points,
             "bundle_id": info.schema.bundle_id,

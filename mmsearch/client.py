@@ -67,17 +67,22 @@ class MMSearchClient:
         text: str | None = None,
         image: bytes | None = None,
         id: str | None = None,
+        audio: bytes | None = None,
+        video: bytes | None = None,
         top_k: int = 10,
         modalities: Iterable[str] = (),
         filter: pb.Filter | None = None,
         score_threshold: float | None = None,
+        group_size: int = 1,
     ) -> pb.SearchResponse:
+        """Top `top_k` media for one query input, each with up to `group_size` hits."""
         request = pb.SearchRequest(
-            query=query_input(text=text, image=image, id=id),
+            query=query_input(text=text, image=image, id=id, audio=audio, video=video),
             top_k=top_k,
             modalities=[modality(m) for m in modalities],
             filter=filter,
             score_threshold=score_threshold,
+            group_size=group_size,
         )
         return self._stub.Search(request, timeout=self.timeout)
 
@@ -109,16 +114,21 @@ def modality_name(value: int) -> str:
 
 
 def query_input(
-    *, text: str | None = None, image: bytes | None = None, id: str | None = None
+    *,
+    text: str | None = None,
+    image: bytes | None = None,
+    id: str | None = None,
+    audio: bytes | None = None,
+    video: bytes | None = None,
 ) -> pb.QueryInput:
-    """A query input from exactly one of text, image bytes or a stored id."""
-    if sum(v is not None for v in (text, image, id)) != 1:
-        raise ValueError("give exactly one of text, image or id")
-    if text is not None:
-        return pb.QueryInput(text=text)
-    if image is not None:
-        return pb.QueryInput(image=image)
-    return pb.QueryInput(id=id)
+    """A query input from exactly one of text, image / audio / video bytes or a stored id."""
+    given = {"text": text, "image": image, "id": id, "audio": audio, "video": video}
+    chosen = [k for k, v in given.items() if v is not None]
+    if len(chosen) != 1:
+        raise ValueError("give exactly one of text, image, audio, video or id")
+    q = pb.QueryInput()
+    setattr(q, chosen[0], given[chosen[0]])
+    return q
 
 
 def text_item(
@@ -130,13 +140,23 @@ def text_item(
 def image_item(
     image: bytes | Path, *, id: str = "", source: str = "", metadata: dict[str, Any] | None = None
 ) -> pb.Item:
-    data = image.read_bytes() if isinstance(image, Path) else image
-    return pb.Item(
-        image=data,
+    return media_item(image, "image", id=id, source=source, metadata=metadata)
+
+
+def media_item(
+    data: bytes | Path, kind: str, *, id: str = "", source: str = "", metadata: dict[str, Any] | None = None
+) -> pb.Item:
+    """An image, audio or video item (`kind`) from bytes or a file."""
+    if kind not in ("image", "audio", "video"):
+        raise ValueError(f"kind must be image, audio or video, got {kind!r}")
+    raw = data.read_bytes() if isinstance(data, Path) else data
+    item = pb.Item(
         id=id,
-        source=source or (str(image) if isinstance(image, Path) else ""),
+        source=source or (str(data) if isinstance(data, Path) else ""),
         metadata=to_struct(metadata or {}),
     )
+    setattr(item, kind, raw)
+    return item
 
 
 def parse_filter(terms: Iterable[str]) -> pb.Filter | None:
@@ -195,6 +215,11 @@ def hit_to_dict(hit: pb.SearchHit) -> dict[str, Any]:
     }
     if hit.text:
         out["text"] = hit.text
+    if hit.HasField("t_start"):
+        out["t_start"] = round(hit.t_start, 3)
+        out["t_end"] = round(hit.t_end, 3)
+        out["track"] = pb.Track.Name(hit.track).removeprefix("TRACK_").lower()
+        out["pooled"] = hit.pooled
     out["metadata"] = _ints_back(json_format.MessageToDict(hit.metadata))
     out["attributes"] = _ints_back(json_format.MessageToDict(hit.attributes))
     return out

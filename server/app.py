@@ -101,4 +101,4 @@ async def serve(config: ServerConfig, *, on_ready: Callable[[int], None] | None 
         await running.server.stop(config.grace_seconds)
         await optimizer
     finally:
-        engine.store.close()
+        engine.close()

@@ -22,7 +22,22 @@ _TO_PROTO = {
 }
 _FROM_PROTO = {v: k for k, v in _TO_PROTO.items()}
 # Payload keys that have their own SearchHit field; the rest of the system payload goes to attributes.
-_HIT_FIELDS = frozenset({"modality", "source", "media_id", "segment", "text", META})
+_HIT_FIELDS = frozenset(
+    {
+        "modality",
+        "source",
+        "media_id",
+        "segment",
+        "text",
+        META,
+        "t_start",
+        "t_end",
+        "track",
+        "pooled",
+        "point_ids",
+    }
+)
+_TRACKS = {"visual": pb.TRACK_VISUAL, "audio": pb.TRACK_AUDIO}
 
 
 def modality_to_proto(m: Modality) -> pb.Modality:
@@ -46,7 +61,11 @@ def query_from_proto(q: pb.QueryInput, *, field: str = "query") -> QueryInput:
         if not q.id:
             raise InvalidArgument(f"{field}.id is empty")
         return QueryInput(id=q.id)
-    raise InvalidArgument(f"{field} is empty: set text, image or id")
+    if kind == "audio":
+        return QueryInput(audio=q.audio)
+    if kind == "video":
+        return QueryInput(video=q.video)
+    raise InvalidArgument(f"{field} is empty: set text, image, audio, video or id")
 
 
 def _condition_from_proto(c: pb.Condition, where: str) -> Condition:
@@ -106,6 +125,10 @@ def hit_to_proto(p: StoredPoint) -> pb.SearchHit:
         text=str(payload.get("text", "")),
         metadata=struct_from_dict(payload.get(META) or {}),
         attributes=struct_from_dict({k: v for k, v in payload.items() if k not in _HIT_FIELDS}),
+        t_start=payload.get("t_start"),
+        t_end=payload.get("t_end"),
+        track=_TRACKS.get(str(payload.get("track")), pb.TRACK_UNSPECIFIED),
+        pooled=bool(payload.get("pooled", False)),
     )
 
 
@@ -116,6 +139,7 @@ def item_from_proto(item: pb.Item, index: int) -> ItemInput:
     attributes = struct_to_dict(item.attributes)
     if kind == "text":
         return ItemInput(Modality.TEXT, item.text, item.source, item.id or None, metadata, attributes)
-    if kind == "image":
-        return ItemInput(Modality.IMAGE, item.image, item.source, item.id or None, metadata, attributes)
-    raise InvalidArgument(f"{field} has no content: set text or image")
+    if kind in ("image", "audio", "video"):
+        data = getattr(item, kind)
+        return ItemInput(Modality(kind), data, item.source, item.id or None, metadata, attributes)
+    raise InvalidArgument(f"{field} has no content: set text, image, audio or video")

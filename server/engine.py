@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from encoders.encoder import Encoder
-from encoders.errors import MediaDecodeError
+from encoders.errors import EncoderError, MediaDecodeError
 from encoders.media import decode_image
 from encoders.modality import Modality
 from indexer.filters import FilterError, FilterSpec, Match, MatchAny, validate
@@ -28,11 +28,13 @@ from server.errors import InvalidArgument, NotFound
 
 @dataclass(frozen=True)
 class QueryInput:
-    """One query input: exactly one of text, image bytes, or a stored point id."""
+    """One query input: exactly one of text, image / audio / video bytes, or a stored point id."""
 
     text: str | None = None
     image: bytes | None = None
     id: str | None = None
+    audio: bytes | None = None
+    video: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,31 @@ class SearchParams:
     modalities: tuple[Modality, ...] = ()
     filter: FilterSpec | None = None
     score_threshold: float | None = None
+    group_size: int = 1  # hits per media (media_id); top_k counts media
+
+
+MAX_GROUP_SIZE = 100
+MAX_CANDIDATES = 10_000
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
+
+def group_by_media(hits: Sequence[StoredPoint], top_k: int, group_size: int) -> list[list[StoredPoint]]:
+    """The best `top_k` media, each with up to `group_size` hits, best first. Qdrant's own
+    grouping cannot merge our two scoring branches (dense and frame re-scoring), so this runs here."""
+    groups: dict[str, list[StoredPoint]] = {}
+    for h in sorted(hits, key=lambda h: h.score, reverse=True):
+        key = str(h.payload.get("media_id") or h.id)
+        group = groups.get(key)
+        if group is None:
+            if len(groups) >= top_k:
+                continue
+            groups[key] = group = []
+        if len(group) < group_size:
+            group.append(h)
+    return list(groups.values())
 
 
 class SearchEngine:
@@ -75,12 +102,26 @@ class SearchEngine:
             except MediaDecodeError as exc:
                 raise InvalidArgument(str(exc)) from exc
             return EncodedQuery(self.encoder.embed_images([image])[0], Modality.IMAGE)
+        if q.audio is not None:
+            try:
+                self.encoder.require_audio()
+                audio = self.indexer.decoder.audio(q.audio, name=f"{field}.audio")
+            except (MediaDecodeError, EncoderError) as exc:
+                raise InvalidArgument(str(exc)) from exc
+            return EncodedQuery(self.encoder.embed_audio(audio.samples).pooled, Modality.AUDIO)
+        if q.video is not None:
+            try:
+                video = self.indexer.decoder.video(q.video, name=f"{field}.video")
+            except MediaDecodeError as exc:
+                raise InvalidArgument(str(exc)) from exc
+            frames = self.encoder.embed_frames(video.frames)
+            return EncodedQuery(_unit(frames.mean(axis=0)), Modality.VIDEO)
         if q.id is not None:
             point = self._get_one(q.id, field=f"{field}.id")
             if point.vector is None:
                 raise NotFound(f"{field}.id: point {q.id} has no stored vector")
             return EncodedQuery(point.vector, Modality(point.payload.get("modality", "text")), (point.id,))
-        raise InvalidArgument(f"{field} is empty: set text, image or id")
+        raise InvalidArgument(f"{field} is empty: set text, image, audio, video or id")
 
     def _embed_query_text(self, text: str) -> np.ndarray:
         # A query longer than the text context is the mean of its chunks, not a silent truncation.
@@ -90,21 +131,51 @@ class SearchEngine:
         return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
     def search(self, query: QueryInput, params: SearchParams) -> tuple[EncodedQuery, list[StoredPoint]]:
-        """Validate the parameters (before spending time on encoding), encode, and query."""
+        """Validate the parameters (before spending time on encoding), encode, query, group."""
         spec = self._search_filter(params)
         encoded = self.encode_query(query)
+        wants_video = not params.modalities or Modality.VIDEO in params.modalities
+        limit = params.top_k * params.group_size * 3 + 10
+        for _ in range(4):  # widen the candidate pool until top_k media are filled or none are left
+            hits = self._candidates(encoded, spec, params.score_threshold, limit, wants_video)
+            groups = group_by_media(hits, params.top_k, params.group_size)
+            if len(groups) >= params.top_k or len(hits) < limit or limit >= MAX_CANDIDATES:
+                break
+            limit = min(limit * 4, MAX_CANDIDATES)
+        return encoded, [h for g in groups for h in g]
+
+    def _candidates(
+        self, q: EncodedQuery, spec: FilterSpec, threshold: float | None, limit: int, wants_video: bool
+    ) -> list[StoredPoint]:
         hits = self.store.query(
-            encoded.vector,
-            limit=params.top_k,
-            filter=spec,
-            score_threshold=params.score_threshold,
-            exclude_ids=encoded.exclude_ids,
+            q.vector, limit=limit, filter=spec, score_threshold=threshold, exclude_ids=q.exclude_ids
         )
-        return encoded, hits
+        if not wants_video:
+            return hits
+        # Video segments are re-scored by MAX_SIM over their frames, so a query that matches one
+        # frame finds its segment even when the segment's mean vector lies elsewhere.
+        segments = spec.and_(FilterSpec(must=(Match("modality", "video"), Match("track", "visual"))))
+        rescored = self.store.query(
+            q.vector,
+            limit=limit,
+            filter=segments,
+            score_threshold=threshold,
+            exclude_ids=q.exclude_ids,
+            frames_prefetch=max(4 * limit, 200),
+        )
+        best = {h.id: h for h in hits}
+        for h in rescored:
+            if h.id not in best or h.score > best[h.id].score:
+                best[h.id] = h
+        return sorted(best.values(), key=lambda h: h.score, reverse=True)
 
     def _search_filter(self, params: SearchParams) -> FilterSpec:
         if not 1 <= params.top_k <= self.config.max_top_k:
             raise InvalidArgument(f"top_k must be between 1 and {self.config.max_top_k}, got {params.top_k}")
+        if not 1 <= params.group_size <= MAX_GROUP_SIZE:
+            raise InvalidArgument(
+                f"group_size must be between 1 and {MAX_GROUP_SIZE}, got {params.group_size}"
+            )
         if params.score_threshold is not None and not math.isfinite(params.score_threshold):
             raise InvalidArgument("score_threshold must be a finite number")
         spec = FilterSpec()
@@ -152,6 +223,10 @@ class SearchEngine:
 
     def stats(self) -> StoreInfo:
         return self.store.info()
+
+    def close(self) -> None:
+        self.indexer.close()
+        self.store.close()
 
     def optimize_if_dirty(self) -> bool:
         """Build pending indexes after writes; returns whether it ran."""

@@ -59,6 +59,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 ),
                 filter=convert.filter_from_proto(request.filter) if request.HasField("filter") else None,
                 score_threshold=request.score_threshold if request.HasField("score_threshold") else None,
+                group_size=request.group_size or 1,
             )
             encoded, hits = self.engine.search(query, params)
             return pb.SearchResponse(
@@ -90,7 +91,12 @@ class SearchService(pb_grpc.SearchServiceServicer):
             outcomes = self.engine.upsert(items)
             results = [
                 pb.ItemResult(
-                    index=i, ids=o.ids, media_id=o.media_id, unchanged=o.unchanged, error=o.error or ""
+                    index=i,
+                    ids=o.ids,
+                    media_id=o.media_id,
+                    unchanged=o.unchanged,
+                    error=o.error or "",
+                    note=o.note or "",
                 )
                 for i, o in enumerate(outcomes)
             ]
@@ -131,6 +137,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 by_modality=info.by_modality,
                 store=info.kind,
                 max_top_k=self.engine.config.max_top_k,
+                audio=self.engine.encoder.has_audio,
             )
 
         return await self._run(context, "Stats", run)

@@ -15,21 +15,34 @@ class Modality(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODALITY_IMAGE: _ClassVar[Modality]
     MODALITY_AUDIO: _ClassVar[Modality]
     MODALITY_VIDEO: _ClassVar[Modality]
+
+class Track(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRACK_UNSPECIFIED: _ClassVar[Track]
+    TRACK_VISUAL: _ClassVar[Track]
+    TRACK_AUDIO: _ClassVar[Track]
 MODALITY_UNSPECIFIED: Modality
 MODALITY_TEXT: Modality
 MODALITY_IMAGE: Modality
 MODALITY_AUDIO: Modality
 MODALITY_VIDEO: Modality
+TRACK_UNSPECIFIED: Track
+TRACK_VISUAL: Track
+TRACK_AUDIO: Track
 
 class QueryInput(_message.Message):
-    __slots__ = ("text", "image", "id")
+    __slots__ = ("text", "image", "id", "audio", "video")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
     text: str
     image: bytes
     id: str
-    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., id: _Optional[str] = ...) -> None: ...
+    audio: bytes
+    video: bytes
+    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., id: _Optional[str] = ..., audio: _Optional[bytes] = ..., video: _Optional[bytes] = ...) -> None: ...
 
 class Condition(_message.Message):
     __slots__ = ("key", "keyword", "integer", "boolean", "any_of", "range")
@@ -76,21 +89,23 @@ class Filter(_message.Message):
     def __init__(self, must: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., must_not: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., should: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("query", "top_k", "modalities", "filter", "score_threshold")
+    __slots__ = ("query", "top_k", "modalities", "filter", "score_threshold", "group_size")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MODALITIES_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
     query: QueryInput
     top_k: int
     modalities: _containers.RepeatedScalarFieldContainer[Modality]
     filter: Filter
     score_threshold: float
-    def __init__(self, query: _Optional[_Union[QueryInput, _Mapping]] = ..., top_k: _Optional[int] = ..., modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., score_threshold: _Optional[float] = ...) -> None: ...
+    group_size: int
+    def __init__(self, query: _Optional[_Union[QueryInput, _Mapping]] = ..., top_k: _Optional[int] = ..., modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., score_threshold: _Optional[float] = ..., group_size: _Optional[int] = ...) -> None: ...
 
 class SearchHit(_message.Message):
-    __slots__ = ("id", "score", "modality", "source", "media_id", "segment", "text", "metadata", "attributes")
+    __slots__ = ("id", "score", "modality", "source", "media_id", "segment", "text", "metadata", "attributes", "t_start", "t_end", "track", "pooled")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     MODALITY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +115,10 @@ class SearchHit(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    T_START_FIELD_NUMBER: _ClassVar[int]
+    T_END_FIELD_NUMBER: _ClassVar[int]
+    TRACK_FIELD_NUMBER: _ClassVar[int]
+    POOLED_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     modality: Modality
@@ -109,7 +128,11 @@ class SearchHit(_message.Message):
     text: str
     metadata: _struct_pb2.Struct
     attributes: _struct_pb2.Struct
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., modality: _Optional[_Union[Modality, str]] = ..., source: _Optional[str] = ..., media_id: _Optional[str] = ..., segment: _Optional[int] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    t_start: float
+    t_end: float
+    track: Track
+    pooled: bool
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., modality: _Optional[_Union[Modality, str]] = ..., source: _Optional[str] = ..., media_id: _Optional[str] = ..., segment: _Optional[int] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., t_start: _Optional[float] = ..., t_end: _Optional[float] = ..., track: _Optional[_Union[Track, str]] = ..., pooled: _Optional[bool] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "bundle_id", "query_modality")
@@ -146,20 +169,24 @@ class EmbedResponse(_message.Message):
     def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., bundle_id: _Optional[str] = ..., dim: _Optional[int] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("id", "text", "image", "source", "metadata", "attributes")
+    __slots__ = ("id", "text", "image", "audio", "video", "source", "metadata", "attributes")
     ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     id: str
     text: str
     image: bytes
+    audio: bytes
+    video: bytes
     source: str
     metadata: _struct_pb2.Struct
     attributes: _struct_pb2.Struct
-    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., source: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., audio: _Optional[bytes] = ..., video: _Optional[bytes] = ..., source: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("items",)
@@ -168,18 +195,20 @@ class UpsertRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
 
 class ItemResult(_message.Message):
-    __slots__ = ("index", "ids", "media_id", "unchanged", "error")
+    __slots__ = ("index", "ids", "media_id", "unchanged", "error", "note")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     MEDIA_ID_FIELD_NUMBER: _ClassVar[int]
     UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     index: int
     ids: _containers.RepeatedScalarFieldContainer[str]
     media_id: str
     unchanged: bool
     error: str
-    def __init__(self, index: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ..., media_id: _Optional[str] = ..., unchanged: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    note: str
+    def __init__(self, index: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ..., media_id: _Optional[str] = ..., unchanged: _Optional[bool] = ..., error: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
     __slots__ = ("results", "written", "failed")
@@ -230,7 +259,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("points", "bundle_id", "bundle_name", "dim", "by_modality", "store", "max_top_k")
+    __slots__ = ("points", "bundle_id", "bundle_name", "dim", "by_modality", "store", "max_top_k", "audio")
     class ByModalityEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -245,6 +274,7 @@ class StatsResponse(_message.Message):
     BY_MODALITY_FIELD_NUMBER: _ClassVar[int]
     STORE_FIELD_NUMBER: _ClassVar[int]
     MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
     points: int
     bundle_id: str
     bundle_name: str
@@ -252,4 +282,5 @@ class StatsResponse(_message.Message):
     by_modality: _containers.ScalarMap[str, int]
     store: str
     max_top_k: int
-    def __init__(self, points: _Optional[int] = ..., bundle_id: _Optional[str] = ..., bundle_name: _Optional[str] = ..., dim: _Optional[int] = ..., by_modality: _Optional[_Mapping[str, int]] = ..., store: _Optional[str] = ..., max_top_k: _Optional[int] = ...) -> None: ...
+    audio: bool
+    def __init__(self, points: _Optional[int] = ..., bundle_id: _Optional[str] = ..., bundle_name: _Optional[str] = ..., dim: _Optional[int] = ..., by_modality: _Optional[_Mapping[str, int]] = ..., store: _Optional[str] = ..., max_top_k: _Optional[int] = ..., audio: _Optional[bool] = ...) -> None: ...

@@ -88,11 +88,12 @@ def test_filter_and_search_by_id(client: MMSearchClient, library: dict[str, Path
     hit = client.search(text=TEXTS[0], top_k=1).hits[0]
     resp = client.search(id=hit.id, top_k=3)
     assert hit.id not in {h.id for h in resp.hits}
-    only_long = client.search(
-        text="paragraph", top_k=50, filter=mc.parse_filter([f"source={library['long']}"])
-    ).hits
-    assert only_long and {h.source for h in only_long} == {str(library["long"])}
-    assert len({h.segment for h in only_long}) == len(only_long) > 1
+    only_long = mc.parse_filter([f"source={library['long']}"])
+    chunks = client.search(text="paragraph", top_k=50, filter=only_long, group_size=50).hits
+    assert chunks and {h.source for h in chunks} == {str(library["long"])}
+    assert len({h.segment for h in chunks}) == len(chunks) > 1
+    # By default results are grouped by media: one hit for the whole long text.
+    assert len(client.search(text="paragraph", top_k=50, filter=only_long).hits) == 1
 
 
 def test_upsert_embed_get_delete(client: MMSearchClient) -> None:
