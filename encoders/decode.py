@@ -134,14 +134,15 @@ def decode_video_file(
     indices = sorted({min(n - 1, round(t * native_fps)) for t in times})
     try:
         frames = reader.get_batch(indices).asnumpy()
-        stamps = reader.get_frame_timestamp(indices)[:, 0]
     except (decord.DECORDError, RuntimeError) as exc:
         raise MediaDecodeError(f"corrupt or truncated video ({_first_line(exc)})") from exc
     try:
         audio: DecodedAudio | None = decode_audio_file(path, sample_rate)
     except MediaDecodeError:
         audio = None  # a silent video is still a video
-    return DecodedVideo(_shrink(frames, short_side), stamps.astype(np.float32), float(duration), audio)
+    # Times from frame indices: decord's own timestamps are off for containers without pts (avi).
+    stamps = np.asarray(indices, dtype=np.float32) / native_fps
+    return DecodedVideo(_shrink(frames, short_side), stamps, float(duration), audio)
 
 
 def _shrink(frames: np.ndarray, short_side: int) -> np.ndarray:

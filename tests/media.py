@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import io
 import random
+import wave
 from pathlib import Path
+from typing import Any
 
+import av
+import numpy as np
 from PIL import Image, ImageDraw
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".webp": "WEBP", ".gif": "GIF", ".bmp": "BMP", ".tiff": "TIFF"}
@@ -73,3 +77,114 @@ def write_library(root: Path, n_images: int = 6) -> dict[str, Path]:
     (root / "notes.bin").write_bytes(b"\x00\x01")
     paths["unsupported"] = root / "notes.bin"
     return paths
+
+
+# -- audio and video -------------------------------------------------------------------------
+
+RATE = 16_000
+
+
+def tone(pattern: int, seconds: float, rate: int = RATE, level: float = 0.3, seed: int = 0) -> np.ndarray:
+    """A distinct sound per pattern: a two-tone chord that steps in pitch, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    base = 220.0 * 2 ** (pattern / 5)
+    step = np.floor(t * 2) % 3  # pitch steps twice a second
+    signal = np.sin(2 * np.pi * base * (1 + 0.25 * step) * t) + 0.5 * np.sin(2 * np.pi * base * 1.5 * t)
+    signal = level * signal / 1.5 + 0.01 * rng.normal(size=t.shape)
+    return signal.astype(np.float32)
+
+
+def write_wav(path: Path, signal: np.ndarray, rate: int = RATE) -> Path:
+    """16-bit PCM wav through the standard library."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pcm = (np.clip(signal, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+_AUDIO_CODECS = {
+    ".flac": ("flac", "flac"),
+    ".mp3": ("mp3", "libmp3lame"),
+    ".ogg": ("ogg", "libopus"),
+    ".m4a": ("ipod", "aac"),
+}
+
+
+def write_audio(path: Path, signal: np.ndarray, rate: int = RATE) -> Path:
+    """wav through the standard library; flac, mp3, ogg (opus) and m4a (aac) through PyAV."""
+    if path.suffix == ".wav":
+        return write_wav(path, signal, rate)
+    fmt, codec = _AUDIO_CODECS[path.suffix]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out_rate = 48_000 if codec == "libopus" else rate  # opus only runs at 48 kHz
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=out_rate, layout="mono")  # type: ignore[call-overload]
+        _encode_audio(container, stream, signal, rate)
+    return path
+
+
+def _encode_audio(container: Any, stream: Any, signal: np.ndarray, rate: int) -> None:
+    frame = av.AudioFrame.from_ndarray(signal[None, :].astype(np.float32), format="flt", layout="mono")
+    frame.sample_rate = rate
+    frame.pts = 0
+    resampler = av.AudioResampler(
+        format=stream.codec_context.format, layout="mono", rate=stream.codec_context.sample_rate
+    )
+    for chunk in resampler.resample(frame) + resampler.resample(None):
+        for packet in stream.encode(chunk):
+            container.mux(packet)
+    for packet in stream.encode(None):
+        container.mux(packet)
+
+
+_VIDEO_CODECS = {
+    ".mp4": ("libx264", "aac"),
+    ".mkv": ("libx264", "aac"),
+    ".mov": ("libx264", "aac"),
+    ".webm": ("libvpx-vp9", "libopus"),
+    ".avi": ("mpeg4", "libmp3lame"),
+}
+
+
+def write_video(
+    path: Path, frames: list[Image.Image], fps: int = 2, audio: np.ndarray | None = None, rate: int = RATE
+) -> Path:
+    """A video showing `frames` in turn at `fps`, with `audio` (mono, at `rate`) as its track.
+    x264 runs losslessly in 4:4:4 so a frame decodes to (almost) the pixels it was given."""
+    vcodec, acodec = _VIDEO_CODECS[path.suffix]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        vs = container.add_stream(vcodec, rate=fps)  # type: ignore[call-overload]
+        vs.width, vs.height = frames[0].size
+        if vcodec == "libx264":
+            vs.pix_fmt = "yuv444p"
+            vs.options = {"qp": "0"}
+        else:
+            vs.pix_fmt = "yuv420p"
+        astream = None
+        if audio is not None:
+            out_rate = 48_000 if acodec == "libopus" else rate
+            astream = container.add_stream(acodec, rate=out_rate, layout="mono")  # type: ignore[call-overload]
+        for img in frames:
+            for packet in vs.encode(av.VideoFrame.from_image(img)):
+                container.mux(packet)
+        for packet in vs.encode(None):
+            container.mux(packet)
+        if astream is not None and audio is not None:
+            _encode_audio(container, astream, audio, rate)
+    return path
+
+
+def extract_audio_track(video: Path, out: Path) -> Path:
+    """The video's audio track, decoded and written as 16 kHz wav: 'the same audio' as the video."""
+    with av.open(str(video)) as container:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+        chunks = [
+            f.to_ndarray().reshape(-1) for fr in container.decode(audio=0) for f in resampler.resample(fr)
+        ]
+    return write_wav(out, np.concatenate(chunks))
