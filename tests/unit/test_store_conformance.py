@@ -236,3 +236,23 @@ def test_malformed_frames_are_refused(store_factory: MakeStore) -> None:
     )
     with pytest.raises(Exception, match="frames shape"):
         store.upsert([bad])
+
+
+def test_edge_writes_survive_a_killed_process(tmp_path: Path) -> None:
+    # Durability comes from the shard's write-ahead log, not from a flush per write.
+    code = (
+        "import os, numpy as np\n"
+        "from indexer.edge_store import EdgeStore\n"
+        "from indexer.schema import CollectionSchema, PointRecord, point_id\n"
+        f"s = EdgeStore({str(tmp_path / 's')!r}, CollectionSchema(bundle_id='b-test', dim=16))\n"
+        "v = np.ones(16, dtype=np.float32) / 4\n"
+        "s.upsert([PointRecord(point_id(f'k{i}'), v, {'modality': 'text'}) for i in range(25)])\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    reopened = EdgeStore(tmp_path / "s", SCHEMA)
+    try:
+        assert reopened.count() == 25
+    finally:
+        reopened.close()
