@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from encoders.decode import MediaDecoder
+from encoders.decode import DecodedAudio, DecodedVideo, MediaDecoder
 from encoders.encoder import Encoder
 from encoders.errors import EncoderError, MediaDecodeError
 from encoders.media import decode_image
@@ -61,6 +63,8 @@ class _Work:
     sentinel: str  # the point whose presence means this media is fully indexed
     records: list[PointRecord] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)  # text chunks waiting for one batched pass
+    image: Image.Image | None = None  # a decoded image waiting for one batched pass
+    media: DecodedAudio | DecodedVideo | None = None
 
 
 class ItemIndexer:
@@ -103,12 +107,15 @@ class ItemIndexer:
                 outcomes[w.index].ids = list(stored.payload.get("point_ids", [w.sentinel]))
             else:
                 todo.append(w)
+        self._decode(todo, outcomes)
         for w in todo:
+            if outcomes[w.index].error is not None:
+                continue
             try:
                 outcomes[w.index].note = self._build(w)
             except (MediaDecodeError, EncoderError) as exc:
                 outcomes[w.index].error = _reason(exc, w.item)
-        self._embed_texts([w for w in todo if w.texts])
+        self._embed_batched([w for w in todo if w.texts], [w for w in todo if w.image is not None])
         built = [w for w in todo if outcomes[w.index].error is None]
         for w in built:
             ids = [r.id for r in w.records]
@@ -142,46 +149,67 @@ class ItemIndexer:
         timed = item.modality in (Modality.AUDIO, Modality.VIDEO)
         return _Work(index, item, key, base, sentinel=point_id(key, POOLED if timed else 0))
 
+    def _decode(self, todo: list[_Work], outcomes: list[ItemOutcome]) -> None:
+        """Decode images here and audio / video in the decoder's worker processes, in parallel."""
+
+        def decode(w: _Work) -> None:
+            name, data, m = w.item.source or f"item {w.index}", w.item.data, w.item.modality
+            if isinstance(data, str):
+                return  # text: nothing to decode
+            try:
+                if m == Modality.IMAGE:
+                    w.image = decode_image(data.read_bytes() if isinstance(data, Path) else data, name=name)
+                elif m == Modality.AUDIO:
+                    self.encoder.require_audio()  # no tower, no point in decoding
+                    w.media = self.decoder.audio(data, name=name)
+                else:
+                    w.media = self.decoder.video(data, name=name)
+            except (MediaDecodeError, EncoderError, OSError) as exc:
+                outcomes[w.index].error = _reason(exc, w.item)
+
+        with ThreadPoolExecutor(max_workers=self.decoder.workers) as pool:
+            list(pool.map(decode, todo))
+
     def _build(self, w: _Work) -> str | None:
-        item, name = w.item, w.item.source or f"item {w.index}"
-        data = item.data
-        if item.modality == Modality.TEXT:
-            assert isinstance(data, str)  # checked in _identify
-            chunks = self.encoder.chunk(data)
+        """The item's point records; text and image vectors are filled in by _embed_batched."""
+        if isinstance(w.item.data, str):
+            chunks = self.encoder.chunk(w.item.data)
             for c in chunks:
                 extra = {"segment": c.index, "segments": len(chunks), "text": c.text, "char_start": c.start}
-                w.records.append(
-                    PointRecord(point_id(w.key, c.index), _EMPTY, {**w.base, **extra, "char_end": c.end})
-                )
+                payload = {**w.base, **extra, "char_end": c.end}
+                w.records.append(PointRecord(point_id(w.key, c.index), _EMPTY, payload))
                 w.texts.append(c.text)
             return None
-        if item.modality == Modality.IMAGE:
-            raw = data.read_bytes() if isinstance(data, Path) else data
-            assert isinstance(raw, bytes)
-            image = decode_image(raw, name=name)
-            vec = self.encoder.embed_images([image])[0]
-            payload = {**w.base, "segment": 0, "segments": 1, "width": image.size[0], "height": image.size[1]}
-            w.records.append(PointRecord(point_id(w.key, 0), vec, payload))
+        if w.image is not None:
+            payload = {
+                **w.base,
+                "segment": 0,
+                "segments": 1,
+                "width": w.image.size[0],
+                "height": w.image.size[1],
+            }
+            w.records.append(PointRecord(point_id(w.key, 0), _EMPTY, payload))
             return None
-        assert not isinstance(data, str)
-        if item.modality == Modality.AUDIO:
-            self.encoder.require_audio()  # before decoding: no tower, no point in decoding
-            w.records = audio_points(w.key, w.base, self.decoder.audio(data, name=name), self.encoder)
+        if isinstance(w.media, DecodedAudio):
+            w.records = audio_points(w.key, w.base, w.media, self.encoder)
             return None
-        video = self.decoder.video(data, name=name)
-        w.records, note = video_points(w.key, w.base, video, self.encoder, self.video_layout)
-        return note
+        if isinstance(w.media, DecodedVideo):
+            w.records, note = video_points(w.key, w.base, w.media, self.encoder, self.video_layout)
+            return note
+        raise MediaDecodeError(f"{w.item.source or 'item'}: nothing was decoded")
 
-    def _embed_texts(self, work: list[_Work]) -> None:
-        if not work:
-            return
-        # One encoder pass over every chunk of every text in the batch.
-        vectors = self.encoder.embed_texts([t for w in work for t in w.texts])
-        start = 0
-        for w in work:
-            for r in w.records:
-                r.vector = vectors[start]
-                start += 1
+    def _embed_batched(self, texts: list[_Work], images: list[_Work]) -> None:
+        # One encoder pass over every chunk of every text, and one over every image, in the batch.
+        if texts:
+            vectors = self.encoder.embed_texts([t for w in texts for t in w.texts])
+            flat = [r for w in texts for r in w.records]
+            for r, v in zip(flat, vectors, strict=True):
+                r.vector = v
+        if images:
+            vectors = self.encoder.embed_images([w.image for w in images if w.image is not None])
+            for w, v in zip(images, vectors, strict=True):
+                w.records[0].vector = v
+                w.image = None  # free the pixels before the write
 
     def _drop_stale(self, work: list[_Work]) -> None:
         # Media re-written under the same key (a caller id reused for other content) may leave
