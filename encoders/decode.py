@@ -197,7 +197,11 @@ def _resolve(target: str) -> Callable[..., Any]:
 
 
 def _worker_main() -> None:
+    # Import the decoders up front, so a started worker is a ready worker.
+    import av  # noqa: F401
+    import decord  # noqa: F401
     import torch
+    import torchaudio  # noqa: F401
 
     torch.set_num_threads(1)
     # Keep the protocol pipe private: native decoders print to fd 1, so move it to stderr.
