@@ -1,0 +1,1 @@
+"""Contrastive fine-tuning of the encoders, evaluation, and the sample library."""
