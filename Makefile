@@ -7,7 +7,7 @@ DATA ?= data
 PORT ?= 50051
 BUNDLE ?= tiny
 
-.PHONY: install test lint proto proto-check serve bench test-slow clean
+.PHONY: install test lint proto proto-check serve demo bench test-slow clean
 
 install: $(STAMP)
 
@@ -39,6 +39,9 @@ proto-check: install
 	for f in $$tmp/mmsearch/v1/*; do \
 	  cmp -s "$$f" "mmsearch/v1/$$(basename $$f)" || { echo "stale generated stub: mmsearch/v1/$$(basename $$f) (run make proto)"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "proto stubs up to date"
+
+demo: install
+	$(VENV)/bin/mmsearch demo --dir demo
 
 serve: install
 	$(VENV)/bin/mmsearch serve --data $(DATA) --port $(PORT) --bundle $(BUNDLE)

@@ -13,7 +13,9 @@ from typing import Any
 
 import grpc
 
+from mmsearch import cli_train
 from mmsearch import client as mc
+from mmsearch.remote import remote_sink
 from mmsearch.settings import server_config
 
 
@@ -66,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--server", help="HOST:PORT of a running server; default opens the local store")
     _add_store_flags(stats)
     stats.add_argument("--json", action="store_true")
+
+    cli_train.add_parsers(sub)
+    demo = sub.add_parser("demo", help="sample library -> train -> ingest -> serve -> cross-modal queries")
+    demo.add_argument("--dir", type=Path, default=Path("demo"), help="working folder (default ./demo)")
+    demo.add_argument("--retrain", action="store_true", help="train the starter bundle even if cached")
     return parser
 
 
@@ -76,17 +83,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("mmsearch").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     # open_clip logs a warning for every randomly initialised model; the tiny bundle is one by design.
     logging.getLogger().handlers[0].addFilter(lambda r: "initialized randomly" not in r.getMessage())
-    from encoders.errors import BundleError
+    from encoders.errors import BundleError, EncoderError
     from indexer.store import StoreError
 
     try:
-        handler = {"serve": _serve, "ingest": _ingest, "search": _search, "stats": _stats}[args.command]
+        handler = {
+            "serve": _serve,
+            "ingest": _ingest,
+            "search": _search,
+            "stats": _stats,
+            "sample-data": cli_train.sample_data,
+            "train": cli_train.run_train,
+            "eval": cli_train.run_eval,
+            "demo": _demo,
+        }[args.command]
         return handler(args)
     except grpc.RpcError as exc:
         code = exc.code()
         print(f"mmsearch: {code.name if code else 'ERROR'}: {exc.details()}", file=sys.stderr)
         return 1
-    except (BundleError, StoreError, FileNotFoundError, ValueError) as exc:
+    except (BundleError, StoreError, FileNotFoundError, ValueError, EncoderError) as exc:
         print(f"mmsearch: {exc}", file=sys.stderr)
         return 1
 
@@ -117,7 +133,7 @@ def _ingest(args: argparse.Namespace) -> int:
     if args.server:
         with mc.MMSearchClient(args.server) as client:
             summary = ingest_path(
-                args.path, _remote_sink(client), batch_items=args.batch_size, progress=progress
+                args.path, remote_sink(client), batch_items=args.batch_size, progress=progress
             )
     else:
         engine = _local_engine(args)
@@ -138,38 +154,6 @@ def _ingest(args: argparse.Namespace) -> int:
         for err in summary.errors:
             print(f"  failed: {err.path}: {err.reason}")
     return 0
-
-
-def _remote_sink(client: mc.MMSearchClient) -> Any:
-    from indexer.items import ItemInput, ItemOutcome
-
-    def send(items: Sequence[ItemInput]) -> list[ItemOutcome]:
-        messages = []
-        for item in items:
-            metadata, attributes = mc.to_struct(item.metadata), mc.to_struct(item.attributes)
-            msg = mc.pb.Item(source=item.source, metadata=metadata, attributes=attributes)
-            data = item.data.read_bytes() if isinstance(item.data, Path) else item.data
-            if isinstance(data, str):
-                msg.text = data
-            else:
-                setattr(msg, item.modality.value, data)  # the Item field is named after the modality
-            messages.append(msg)
-        try:
-            resp = client.upsert(messages)
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise
-            if len(items) > 1:  # too big together: send one at a time
-                return [o for item in items for o in send([item])]
-            return [
-                ItemOutcome(error=f"{items[0].source}: {exc.details()} (ingest it locally, without --server)")
-            ]
-        return [
-            ItemOutcome(list(r.ids), r.media_id, r.unchanged, r.error or None, r.note or None)
-            for r in resp.results
-        ]
-
-    return send
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -255,3 +239,9 @@ def _stats(args: argparse.Namespace) -> int:
         for k, v in out.items():
             print(f"{k}: {v}")
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mmsearch.demo import run_demo
+
+    return run_demo(args.dir, retrain=args.retrain)

@@ -1,0 +1,146 @@
+"""`mmsearch sample-data`, `train` and `eval`: the trainer's commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_parsers(sub: Any) -> None:
+    sample = sub.add_parser("sample-data", help='generate the "digits world" sample library')
+    sample.add_argument("dir", type=Path)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--force", action="store_true", help="regenerate even if the library is there")
+    sample.add_argument("--json", action="store_true")
+
+    train = sub.add_parser("train", help="fine-tune a bundle's towers on JSONL manifests")
+    train.add_argument("--config", type=Path, help="JSON training config (flags override it)")
+    train.add_argument("--data", type=Path, help="folder holding train.jsonl (and test.jsonl for the eval)")
+    train.add_argument("--manifest", type=Path, help="training manifest, instead of --data/train.jsonl")
+    train.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    train.add_argument("--base-bundle", help="bundle to start from (default: the config's, or tiny)")
+    train.add_argument("--steps", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--max-minutes", type=float, help="stop and save after this much training time")
+    train.add_argument("--hardness-beta", type=float, help="in-batch hardness weighting (0 = off)")
+    mining = train.add_mutually_exclusive_group()
+    mining.add_argument(
+        "--hard-negatives",
+        dest="mining",
+        action="store_true",
+        default=None,
+        help="mine negatives from an index built with the current model",
+    )
+    mining.add_argument("--no-hard-negatives", dest="mining", action="store_false")
+    train.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when present)")
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    train.add_argument("--json", action="store_true", help="print the result (and eval) as JSON")
+
+    ev = sub.add_parser("eval", help="Recall@1/5/10 and mAP for every modality pair of a manifest")
+    ev.add_argument("--bundle", required=True)
+    ev.add_argument("--manifest", type=Path, required=True)
+    ev.add_argument("--device")
+    ev.add_argument("--json", action="store_true")
+
+
+def sample_data(args: argparse.Namespace) -> int:
+    from trainer.sample_data import generate_sample_library
+
+    summary = generate_sample_library(args.dir, seed=args.seed, force=args.force)
+    info = {
+        "images": summary.images,
+        "audio": summary.audio,
+        "videos": summary.videos,
+        "train_pairs": summary.train_pairs,
+        "test_pairs": summary.test_pairs,
+        "train_manifest": str(summary.train_manifest),
+        "test_manifest": str(summary.test_manifest),
+    }
+    print(json.dumps(info) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
+    return 0
+
+
+def _train_manifest(args: argparse.Namespace) -> Path:
+    if args.manifest:
+        return Path(args.manifest)
+    if args.data:
+        return Path(args.data) / "train.jsonl"
+    raise ValueError("give --data DIR (with train.jsonl) or --manifest FILE")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from trainer.config import load_config
+    from trainer.train import train
+
+    overrides = {
+        "base_bundle": args.base_bundle,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "max_minutes": args.max_minutes,
+        "hardness_beta": args.hardness_beta,
+        "device": args.device,
+    }
+    config = load_config(args.config, overrides)
+    if args.mining is not None:
+        config = replace(config, mining=replace(config.mining, enabled=args.mining)).validate()
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    result = train(config, _train_manifest(args), args.out, resume=args.resume, log=log)
+    for line in result.skipped:
+        log(f"skipped {line}")
+    out: dict[str, Any] = {
+        "bundle": str(result.out_dir),
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "pairs_per_second": result.pairs_per_second,
+        "first_loss": round(result.first_loss, 4),
+        "final_loss": round(result.final_loss, 4),
+        "skipped_lines": len(result.skipped),
+        "stopped_early": result.stopped_early,
+    }
+    test = Path(args.data) / "test.jsonl" if args.data else None
+    if test is not None and test.is_file():
+        out["eval"] = evaluate_bundle(str(args.out), test, args.device)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(
+            f"trained {result.steps} steps in {result.seconds:.0f} s, loss {out['first_loss']} -> {out['final_loss']}"
+        )
+        print(f"bundle written to {result.out_dir}")
+        if "eval" in out:
+            from trainer.evaluate import format_table
+
+            print(format_table(out["eval"]))
+    return 0
+
+
+def evaluate_bundle(bundle: str, manifest: Path, device: str | None) -> dict[str, dict[str, float]]:
+    from encoders.bundle import load_bundle
+    from encoders.decode import MediaDecoder
+    from encoders.encoder import Encoder
+    from trainer.evaluate import evaluate
+    from trainer.manifest import load_manifest
+
+    encoder = Encoder(load_bundle(bundle, device))
+    decoder = MediaDecoder(sample_rate=encoder.audio_sample_rate if encoder.has_audio else 16_000)
+    try:
+        return evaluate(encoder, decoder, load_manifest(manifest))
+    finally:
+        decoder.close()
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from trainer.evaluate import format_table
+
+    pairs = evaluate_bundle(args.bundle, args.manifest, args.device)
+    print(json.dumps({"pairs": pairs}) if args.json else format_table(pairs))
+    return 0
