@@ -49,6 +49,7 @@ serve: install
 bench: install
 	$(PY) bench/store.py
 	$(PY) bench/ingest_media.py
+	$(PY) bench/quality.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
