@@ -24,6 +24,7 @@ from indexer.schema import (
     StoredPoint,
     StoreInfo,
     dense_vector,
+    named_vectors,
 )
 from indexer.store import BundleMismatchError, StoreError, StoreLockedError, check_shapes
 
@@ -138,7 +139,7 @@ class EdgeStore:
         if not points:
             return
         check_shapes(points, self.schema.dim)
-        ops = [qe.Point(p.id, _vectors(p), p.payload) for p in points]
+        ops = [qe.Point(p.id, named_vectors(p), p.payload) for p in points]
         # No flush per write: the shard's write-ahead log already makes each update durable, and
         # a flush (segments to disk) costs ~0.2 s. close() and optimize() flush.
         with self._write_lock:
@@ -229,13 +230,6 @@ class EdgeStore:
             self._shard.flush()
             self._shard.close()
         self._release_lock()
-
-
-def _vectors(p: PointRecord) -> dict[str, Any]:
-    out: dict[str, Any] = {DENSE: p.vector.astype(np.float32).tolist()}
-    if p.frames is not None:
-        out[FRAMES] = p.frames.astype(np.float32).tolist()
-    return out
 
 
 def _edge_condition(c: Match | MatchAny | Range) -> qe.FieldCondition:

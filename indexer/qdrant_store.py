@@ -22,6 +22,7 @@ from indexer.schema import (
     StoredPoint,
     StoreInfo,
     dense_vector,
+    named_vectors,
 )
 from indexer.store import BundleMismatchError, check_shapes
 
@@ -92,7 +93,7 @@ class QdrantStore:
         check_shapes(points, self.schema.dim)
         self._client.upsert(
             self.schema.name,
-            points=[models.PointStruct(id=p.id, vector=_vectors(p), payload=p.payload) for p in points],
+            points=[models.PointStruct(id=p.id, vector=named_vectors(p), payload=p.payload) for p in points],
             wait=True,
         )
 
@@ -177,13 +178,6 @@ class QdrantStore:
 
     def close(self) -> None:
         self._client.close()
-
-
-def _vectors(p: PointRecord) -> dict[str, Any]:
-    out: dict[str, Any] = {DENSE: p.vector.astype(np.float32).tolist()}
-    if p.frames is not None:
-        out[FRAMES] = p.frames.astype(np.float32).tolist()
-    return out
 
 
 def _condition(c: Match | MatchAny | Range) -> models.FieldCondition:

@@ -108,3 +108,11 @@ def dense_vector(vector: Any) -> np.ndarray | None:
         return None
     values = vector[DENSE] if isinstance(vector, dict) else vector
     return np.asarray(values, dtype=np.float32)
+
+
+def named_vectors(p: PointRecord) -> dict[str, Any]:
+    """A point's vectors by name, as both Qdrant APIs take them."""
+    out: dict[str, Any] = {DENSE: p.vector.astype(np.float32).tolist()}
+    if p.frames is not None:
+        out[FRAMES] = p.frames.astype(np.float32).tolist()
+    return out
