@@ -8,7 +8,7 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import numpy as np
 import qdrant_edge as qe
@@ -26,7 +26,7 @@ from indexer.schema import (
     dense_vector,
     named_vectors,
 )
-from indexer.store import BundleMismatchError, StoreError, StoreLockedError, check_shapes
+from indexer.store import RRF_K, BundleMismatchError, Stages, StoreError, StoreLockedError, check_shapes
 
 SCHEMA_FILE = "mmsearch.json"
 SHARD_DIR = "shard"
@@ -57,6 +57,14 @@ class EdgeStore:
         try:
             self.schema = self._check_schema(schema)
             self.hnsw_ef = hnsw_ef
+            # int8 scalar quantization, kept in RAM: a quantized first pass is a query option.
+            dense = qe.EdgeVectorParams(
+                size=schema.dim,
+                distance=qe.Distance.Cosine,
+                quantization_config=qe.ScalarQuantizationConfig(
+                    qe.ScalarType.Int8, quantile=0.99, always_ram=True
+                ),
+            )
             frames = qe.EdgeVectorParams(
                 size=schema.dim,
                 distance=qe.Distance.Cosine,
@@ -66,7 +74,7 @@ class EdgeStore:
             )
             config = qe.EdgeConfig(
                 vectors={
-                    DENSE: qe.EdgeVectorParams(size=schema.dim, distance=qe.Distance.Cosine),
+                    DENSE: dense,
                     FRAMES: frames,
                 },
                 hnsw_config=qe.HnswIndexConfig(
@@ -168,24 +176,44 @@ class EdgeStore:
         exclude_ids: Sequence[str] = (),
         exact: bool = False,
         frames_prefetch: int | None = None,
+        stages: Stages | None = None,
     ) -> list[StoredPoint]:
         q = vector.astype(np.float32).tolist()
-        params = qe.SearchParams(hnsw_ef=self.hnsw_ef, exact=exact)
+        quantized = stages is not None and stages.quantized
+        params = qe.SearchParams(
+            hnsw_ef=self.hnsw_ef, exact=exact, quantization=qe.QuantizationSearchParams(ignore=not quantized)
+        )
         edge_filter = _edge_filter(filter, exclude_ids)
         if frames_prefetch:
+            prefetch = qe.Prefetch(
+                limit=frames_prefetch,
+                query=qe.Query.Nearest(q, using=DENSE),
+                filter=edge_filter,
+                params=params,
+            )
             request = qe.QueryRequest(
                 limit=limit,
-                prefetches=[
-                    qe.Prefetch(
-                        limit=frames_prefetch,
-                        query=qe.Query.Nearest(q, using=DENSE),
-                        filter=edge_filter,
-                        params=params,
-                    )
-                ],
+                prefetches=[prefetch],
                 query=qe.Query.Nearest([q], using=FRAMES),
                 with_payload=True,
                 score_threshold=score_threshold,
+            )
+        elif stages is not None and stages.multi_stage:
+            n = stages.candidates(limit)
+            prefetch = qe.Prefetch(
+                limit=n, query=qe.Query.Nearest(q, using=DENSE), filter=edge_filter, params=params
+            )
+            outer: Any = qe.Query.Nearest(q, using=DENSE)
+            if stages.mmr_lambda is not None:
+                outer = qe.Mmr(q, lambda_=stages.mmr_lambda, candidates_limit=n, using=DENSE)
+            request = qe.QueryRequest(
+                limit=limit,
+                prefetches=[prefetch],
+                query=outer,
+                with_payload=True,
+                score_threshold=score_threshold,
+                # The re-scoring stage reads the full float vectors unless told to stay quantized.
+                params=qe.SearchParams(quantization=qe.QuantizationSearchParams(ignore=stages.exact_rescore)),
             )
         else:
             request = qe.QueryRequest(
@@ -196,6 +224,55 @@ class EdgeStore:
                 score_threshold=score_threshold,
                 params=params,
             )
+        return self._run(request)
+
+    def recommend(
+        self,
+        positives: Sequence[np.ndarray],
+        negatives: Sequence[np.ndarray],
+        *,
+        limit: int,
+        strategy: Literal["best_score", "sum_scores"] = "best_score",
+        filter: FilterSpec | None = None,
+        exclude_ids: Sequence[str] = (),
+    ) -> list[StoredPoint]:
+        rq = qe.RecommendQuery([_list(v) for v in positives], [_list(v) for v in negatives])
+        query = (qe.Query.RecommendBestScore if strategy == "best_score" else qe.Query.RecommendSumScores)(
+            rq, using=DENSE
+        )
+        request = qe.QueryRequest(
+            limit=limit,
+            query=query,
+            filter=_edge_filter(filter, exclude_ids),
+            with_payload=True,
+            params=qe.SearchParams(hnsw_ef=self.hnsw_ef),
+        )
+        return self._run(request)
+
+    def fuse(
+        self,
+        vectors: Sequence[np.ndarray],
+        *,
+        weights: Sequence[float],
+        limit: int,
+        per_query: int,
+        filter: FilterSpec | None = None,
+        exclude_ids: Sequence[str] = (),
+    ) -> list[StoredPoint]:
+        edge_filter = _edge_filter(filter, exclude_ids)
+        prefetches = [
+            qe.Prefetch(limit=per_query, query=qe.Query.Nearest(_list(v), using=DENSE), filter=edge_filter)
+            for v in vectors
+        ]
+        request = qe.QueryRequest(
+            limit=limit,
+            prefetches=prefetches,
+            query=qe.Fusion.Rrf(k=RRF_K, weights=list(weights)),  # type: ignore[arg-type]
+            with_payload=True,
+        )
+        return self._run(request)
+
+    def _run(self, request: qe.QueryRequest) -> list[StoredPoint]:
         return [
             StoredPoint(str(r.id), dict(r.payload or {}), float(r.score)) for r in self._shard.query(request)
         ]
@@ -230,6 +307,10 @@ class EdgeStore:
             self._shard.flush()
             self._shard.close()
         self._release_lock()
+
+
+def _list(v: np.ndarray) -> list[float]:
+    return [float(x) for x in v.astype(np.float32)]
 
 
 def _edge_condition(c: Match | MatchAny | Range) -> qe.FieldCondition:

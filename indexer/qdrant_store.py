@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -24,7 +24,7 @@ from indexer.schema import (
     dense_vector,
     named_vectors,
 )
-from indexer.store import BundleMismatchError, check_shapes
+from indexer.store import RRF_K, BundleMismatchError, Stages, check_shapes
 
 
 class QdrantStore:
@@ -66,7 +66,16 @@ class QdrantStore:
             self._client.create_collection(
                 name,
                 vectors_config={
-                    DENSE: models.VectorParams(size=schema.dim, distance=models.Distance.COSINE),
+                    DENSE: models.VectorParams(
+                        size=schema.dim,
+                        distance=models.Distance.COSINE,
+                        # int8 scalar quantization, kept in RAM: a quantized first pass is a query option.
+                        quantization_config=models.ScalarQuantization(
+                            scalar=models.ScalarQuantizationConfig(
+                                type=models.ScalarType.INT8, quantile=0.99, always_ram=True
+                            )
+                        ),
+                    ),
                     FRAMES: models.VectorParams(
                         size=schema.dim,
                         distance=models.Distance.COSINE,
@@ -117,33 +126,101 @@ class QdrantStore:
         exclude_ids: Sequence[str] = (),
         exact: bool = False,
         frames_prefetch: int | None = None,
+        stages: Stages | None = None,
     ) -> list[StoredPoint]:
         q = vector.astype(np.float32).tolist()
-        params = None if self._in_process else models.SearchParams(hnsw_ef=self.hnsw_ef, exact=exact)
+        quantized = stages is not None and stages.quantized
+        params = self._params(exact=exact, hnsw_ef=self.hnsw_ef, ignore_quantization=not quantized)
         qfilter = _qdrant_filter(filter, exclude_ids)
         if frames_prefetch:
-            result = self._client.query_points(
-                self.schema.name,
-                prefetch=models.Prefetch(
-                    query=q, using=DENSE, limit=frames_prefetch, filter=qfilter, params=params
-                ),
-                query=[q],
-                using=FRAMES,
-                limit=limit,
-                score_threshold=score_threshold,
-                with_payload=True,
+            prefetch = models.Prefetch(
+                query=q, using=DENSE, limit=frames_prefetch, filter=qfilter, params=params
             )
-        else:
-            result = self._client.query_points(
-                self.schema.name,
-                query=q,
+            return self._run(
+                prefetch=prefetch, query=[q], using=FRAMES, limit=limit, score_threshold=score_threshold
+            )
+        if stages is not None and stages.multi_stage:
+            n = stages.candidates(limit)
+            prefetch = models.Prefetch(query=q, using=DENSE, limit=n, filter=qfilter, params=params)
+            outer: Any = q
+            if stages.mmr_lambda is not None:
+                # Qdrant's diversity is the complement of MMR's lambda.
+                outer = models.NearestQuery(
+                    nearest=q, mmr=models.Mmr(diversity=1 - stages.mmr_lambda, candidates_limit=n)
+                )
+            return self._run(
+                prefetch=prefetch,
+                query=outer,
                 using=DENSE,
                 limit=limit,
-                query_filter=qfilter,
                 score_threshold=score_threshold,
-                with_payload=True,
-                search_params=params,
+                search_params=self._params(ignore_quantization=stages.exact_rescore),
             )
+        return self._run(
+            query=q,
+            using=DENSE,
+            limit=limit,
+            query_filter=qfilter,
+            score_threshold=score_threshold,
+            search_params=params,
+        )
+
+    def recommend(
+        self,
+        positives: Sequence[np.ndarray],
+        negatives: Sequence[np.ndarray],
+        *,
+        limit: int,
+        strategy: Literal["best_score", "sum_scores"] = "best_score",
+        filter: FilterSpec | None = None,
+        exclude_ids: Sequence[str] = (),
+    ) -> list[StoredPoint]:
+        query = models.RecommendQuery(
+            recommend=models.RecommendInput(
+                positive=[v.astype(np.float32).tolist() for v in positives],
+                negative=[v.astype(np.float32).tolist() for v in negatives],
+                strategy=models.RecommendStrategy(strategy),
+            )
+        )
+        return self._run(
+            query=query,
+            using=DENSE,
+            limit=limit,
+            query_filter=_qdrant_filter(filter, exclude_ids),
+            search_params=self._params(hnsw_ef=self.hnsw_ef),
+        )
+
+    def fuse(
+        self,
+        vectors: Sequence[np.ndarray],
+        *,
+        weights: Sequence[float],
+        limit: int,
+        per_query: int,
+        filter: FilterSpec | None = None,
+        exclude_ids: Sequence[str] = (),
+    ) -> list[StoredPoint]:
+        qfilter = _qdrant_filter(filter, exclude_ids)
+        prefetch = [
+            models.Prefetch(query=v.astype(np.float32).tolist(), using=DENSE, limit=per_query, filter=qfilter)
+            for v in vectors
+        ]
+        query = models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=list(weights)))
+        return self._run(prefetch=prefetch, query=query, limit=limit)
+
+    def _params(
+        self, *, exact: bool = False, hnsw_ef: int | None = None, ignore_quantization: bool = False
+    ) -> models.SearchParams | None:
+        if self._in_process:  # in-process mode always searches exactly and warns about params
+            return None
+        return models.SearchParams(
+            hnsw_ef=hnsw_ef,
+            exact=exact,
+            quantization=models.QuantizationSearchParams(ignore=ignore_quantization),
+        )
+
+    def _run(self, **kwargs: Any) -> list[StoredPoint]:
+        result = self._client.query_points(self.schema.name, with_payload=True, **kwargs)
         return [StoredPoint(str(p.id), dict(p.payload or {}), float(p.score)) for p in result.points]
 
     def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:

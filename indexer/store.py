@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import numpy as np
 
 from indexer.filters import FilterSpec
 from indexer.schema import CollectionSchema, PointRecord, StoredPoint, StoreInfo
+
+RRF_K = 60  # the usual reciprocal-rank-fusion constant
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The stages of a dense query, on Qdrant's query API: an ANN prefetch (optionally over the
+    int8-quantized vectors, oversampled), then re-scoring of those candidates on the full float
+    vectors, then optionally MMR diversity over them."""
+
+    oversampling: float = 1.0  # ANN candidates fetched per result wanted
+    quantized: bool = False
+    exact_rescore: bool = False
+    mmr_lambda: float | None = None  # 1: relevance only ... 0: diversity only
+
+    @property
+    def multi_stage(self) -> bool:
+        return self.oversampling > 1 or self.exact_rescore or self.mmr_lambda is not None or self.quantized
+
+    def candidates(self, limit: int) -> int:
+        return max(limit, math.ceil(limit * self.oversampling))
 
 
 class StoreError(Exception):
@@ -52,11 +75,40 @@ class VectorStore(Protocol):
         exclude_ids: Sequence[str] = (),
         exact: bool = False,
         frames_prefetch: int | None = None,
+        stages: Stages | None = None,
     ) -> list[StoredPoint]:
         """Nearest points by cosine similarity, best first.
 
         With `frames_prefetch`, the top that-many points by dense similarity are re-scored by
-        MAX_SIM between the query and their frame vectors; points without frames drop out."""
+        MAX_SIM between the query and their frame vectors; points without frames drop out.
+        Otherwise `stages` shapes the dense query (see Stages)."""
+        ...
+
+    def recommend(
+        self,
+        positives: Sequence[np.ndarray],
+        negatives: Sequence[np.ndarray],
+        *,
+        limit: int,
+        strategy: Literal["best_score", "sum_scores"] = "best_score",
+        filter: FilterSpec | None = None,
+        exclude_ids: Sequence[str] = (),
+    ) -> list[StoredPoint]:
+        """Qdrant's recommend: close to the positives and away from the negatives."""
+        ...
+
+    def fuse(
+        self,
+        vectors: Sequence[np.ndarray],
+        *,
+        weights: Sequence[float],
+        limit: int,
+        per_query: int,
+        filter: FilterSpec | None = None,
+        exclude_ids: Sequence[str] = (),
+    ) -> list[StoredPoint]:
+        """Reciprocal rank fusion of one nearest-neighbour list per vector (`per_query` each);
+        scores are the fused RRF scores."""
         ...
 
     def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:

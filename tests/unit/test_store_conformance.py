@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import uuid
@@ -256,3 +257,41 @@ def test_edge_writes_survive_a_killed_process(tmp_path: Path) -> None:
         assert reopened.count() == 25
     finally:
         reopened.close()
+
+
+def test_multi_stage_queries_agree_with_the_plain_query(store_factory: MakeStore) -> None:
+    from indexer.store import Stages
+
+    store = store_factory(SCHEMA)
+    pts = _points(60)
+    store.upsert(pts)
+    store.optimize()
+    q = pts[5].vector
+    plain = [h.id for h in store.query(q, limit=10, exact=True)]
+    for stages in (
+        Stages(oversampling=4),
+        Stages(oversampling=4, quantized=True, exact_rescore=True),
+        Stages(oversampling=3, mmr_lambda=1.0),
+    ):
+        staged = store.query(q, limit=10, stages=stages)
+        assert [h.id for h in staged] == plain, stages
+    # MMR with diversity keeps the best hit but reorders the rest away from near-duplicates.
+    diverse = store.query(q, limit=10, stages=Stages(oversampling=3, mmr_lambda=0.3))
+    assert diverse[0].id == plain[0] and [h.id for h in diverse] != plain
+
+
+def test_recommend_and_fusion(store_factory: MakeStore) -> None:
+    store = store_factory(SCHEMA)
+    pts = _points(40)
+    store.upsert(pts)
+    a, b = pts[1].vector, pts[2].vector
+    rec = store.recommend([a], [b], limit=5)
+    assert rec[0].id == pts[1].id and pts[2].id not in {h.id for h in rec}
+    fused = store.fuse([a, b], weights=[1.0, 1.0], limit=6, per_query=10)
+    assert {pts[1].id, pts[2].id} <= {h.id for h in fused}
+    assert all(x.score >= y.score for x, y in itertools.pairwise(fused))
+    # Weighting one list moves its best item up relative to the other's.
+    heavy_a = [h.id for h in store.fuse([a, b], weights=[3.0, 0.01], limit=20, per_query=10)]
+    heavy_b = [h.id for h in store.fuse([a, b], weights=[0.01, 3.0], limit=20, per_query=10)]
+    assert heavy_b.index(pts[2].id) < heavy_b.index(pts[1].id)
+    assert heavy_a.index(pts[1].id) < heavy_a.index(pts[2].id)
