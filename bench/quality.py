@@ -74,7 +74,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or Path(tmp) / "digits"
         generate_sample_library(data)
-        base = load_config(CONFIG, {"steps": args.steps, "seed": args.seed, "max_minutes": None})
+        # Equal step budgets for both runs: no time limit (mining makes each step slower).
+        base = replace(load_config(CONFIG, {"steps": args.steps, "seed": args.seed}), max_minutes=None)
         runs: dict[str, Any] = {}
         for name, enabled in (("mining_off", False), ("mining_on", True)):
             cfg = replace(base, mining=replace(base.mining, enabled=enabled))

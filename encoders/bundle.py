@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from encoders.audio import AudioTower, AudioTowerCfg
+from encoders.calibration import Calibration
 from encoders.errors import BundleError
 
 TINY = "tiny"
@@ -76,6 +77,7 @@ class ModelBundle:
     device: torch.device
     # The audio tower bound to this space; None when the bundle has none (plain open_clip models).
     audio: AudioTower | None = None
+    calibration: Calibration = field(default_factory=Calibration)
 
 
 def resolve_device(device: str | None = None) -> torch.device:
@@ -208,6 +210,9 @@ def load_bundle(name: str, device: str | None = None) -> ModelBundle:
         bundle_id=bundle_id,
         device=dev,
         audio=audio,
+        calibration=Calibration.load(Path(spec.name))
+        if spec.model_name.startswith("local-dir:")
+        else Calibration(),
     )
 
 
@@ -227,5 +232,7 @@ def save_bundle(bundle: ModelBundle, out_dir: str | Path) -> Path:
         (out / AUDIO_CONFIG).write_text(json.dumps(bundle.audio.cfg.to_dict(), indent=2))
         audio_state = {k: v.detach().to("cpu").contiguous() for k, v in bundle.audio.state_dict().items()}
         save_file(audio_state, str(out / AUDIO_WEIGHTS))
+    if bundle.calibration.maps:
+        bundle.calibration.save(out)
     (out / BUNDLE_META).write_text(json.dumps({"source": bundle.spec.name, "bundle_id": bundle.bundle_id}))
     return out

@@ -75,6 +75,7 @@ class StoredPoint:
     payload: dict[str, Any]
     score: float = 0.0
     vector: np.ndarray | None = None
+    calibrated: float | None = None  # set by the query pipeline: the score on a comparable scale
 
 
 @dataclass

@@ -62,6 +62,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--threshold", type=float, help="minimum cosine score")
     search.add_argument("--group-size", type=int, default=1, help="hits per media file (default 1)")
+    search.add_argument(
+        "--negative-id", action="append", default=[], help="push results away from this stored id"
+    )
+    search.add_argument("--oversampling", type=float, help="ANN candidates per result (default 4)")
+    search.add_argument("--quantized", action="store_true", help="ANN pass over the int8-quantized vectors")
+    search.add_argument("--no-rescore", action="store_true", help="skip re-scoring on full vectors")
+    search.add_argument(
+        "--mmr", type=float, metavar="LAMBDA", help="MMR diversity: 1 relevance only .. 0 diversity"
+    )
+    search.add_argument("--calibrated-threshold", type=float, help="minimum calibrated score (0..1)")
+
+    mine = sub.add_parser("mine", help="hard negatives for query inputs or positive ids (server)")
+    mine.add_argument("--server", required=True, help="HOST:PORT of a running server")
+    mine.add_argument("--text", action="append", default=[])
+    mine.add_argument("--image", type=Path, action="append", default=[])
+    mine.add_argument("--audio", type=Path, action="append", default=[])
+    mine.add_argument("--video", type=Path, action="append", default=[])
+    mine.add_argument("--positive", action="append", default=[], help="a known positive's id (repeatable)")
+    mine.add_argument("--k", type=int, default=10)
+    mine.add_argument("--modality", action="append", default=[])
+    mine.add_argument("--filter", action="append", default=[])
+    mine.add_argument("--group-key", default="", help="payload key marking the anchors' group, e.g. label")
+    mine.add_argument("--group", default="", help="the anchors' group (default: read from the positives)")
+    mine.add_argument(
+        "--max-fraction", type=float, help="drop candidates above this fraction of the positive"
+    )
+    mine.add_argument("--json", action="store_true")
     search.add_argument("--json", action="store_true")
 
     stats = sub.add_parser("stats", help="index size and bundle")
@@ -96,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "train": cli_train.run_train,
             "eval": cli_train.run_eval,
             "demo": _demo,
+            "mine": _mine,
         }[args.command]
         return handler(args)
     except grpc.RpcError as exc:
@@ -158,22 +186,25 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     media = {k: getattr(args, k).read_bytes() for k in ("image", "audio", "video") if getattr(args, k)}
-    filt = mc.parse_filter(args.filter)
+    request = mc.pb.SearchRequest(
+        top_k=args.top_k,
+        modalities=[mc.modality(m) for m in args.modality],
+        filter=mc.parse_filter(args.filter),
+        score_threshold=args.threshold,
+        group_size=args.group_size,
+        positives=[
+            mc.pb.WeightedInput(input=mc.query_input(text=args.text, id=args.id, **media), weight=1.0)
+        ],
+        negatives=[mc.pb.WeightedInput(input=mc.query_input(id=i), weight=1.0) for i in args.negative_id],
+        stages=_stages(args),
+        calibrated_threshold=args.calibrated_threshold,
+    )
     if args.server:
         with mc.MMSearchClient(args.server) as client:
-            resp = client.search(
-                text=args.text,
-                id=args.id,
-                top_k=args.top_k,
-                modalities=args.modality,
-                filter=filt,
-                score_threshold=args.threshold,
-                group_size=args.group_size,
-                **media,
-            )
+            resp = client.search_request(request)
         hits = [mc.hit_to_dict(h) for h in resp.hits]
     else:
-        hits = _local_search(args, media, filt)
+        hits = _local_search(args, request)
     if args.json:
         print(json.dumps({"results": hits}))
     else:
@@ -187,22 +218,50 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_search(args: argparse.Namespace, media: dict[str, bytes], filt: Any) -> list[dict[str, Any]]:
-    from encoders.modality import Modality
+def _stages(args: argparse.Namespace) -> mc.pb.SearchStages:
+    return mc.pb.SearchStages(
+        oversampling=args.oversampling,
+        quantized=True if args.quantized else None,
+        exact_rescore=False if args.no_rescore else None,
+        mmr_lambda=args.mmr,
+    )
+
+
+def _mine(args: argparse.Namespace) -> int:
+    queries = [mc.query_input(text=t) for t in args.text]
+    for kind in ("image", "audio", "video"):
+        queries += [mc.query_input(**{kind: p.read_bytes()}) for p in getattr(args, kind)]
+    with mc.MMSearchClient(args.server) as client:
+        resp = client.mine(
+            queries=queries,
+            positive_ids=args.positive,
+            k=args.k,
+            modalities=args.modality,
+            filter=mc.parse_filter(args.filter),
+            group_key=args.group_key,
+            group=args.group,
+            max_fraction_of_positive=args.max_fraction,
+        )
+    hits = [mc.hit_to_dict(h) for h in resp.negatives]
+    if args.json:
+        out: dict[str, Any] = {"negatives": hits}
+        if resp.HasField("positive_score"):
+            out["positive_score"] = round(resp.positive_score, 6)
+        print(json.dumps(out))
+    else:
+        for rank, h in enumerate(hits, 1):
+            print(f"{rank:>3}  {h['score']:.4f}  {h['modality']:<5}  {h['source'] or h['id']}")
+    return 0
+
+
+def _local_search(args: argparse.Namespace, request: mc.pb.SearchRequest) -> list[dict[str, Any]]:
     from server import convert
-    from server.engine import QueryInput, SearchParams
 
     engine = _local_engine(args)
     try:
-        params = SearchParams(
-            top_k=args.top_k,
-            modalities=tuple(Modality(m.lower()) for m in args.modality),
-            filter=convert.filter_from_proto(filt) if filt is not None else None,
-            score_threshold=args.threshold,
-            group_size=args.group_size,
-        )
-        _, hits = engine.search(QueryInput(text=args.text, id=args.id, **media), params)
-        return [mc.hit_to_dict(convert.hit_to_proto(h)) for h in hits]
+        query = convert.search_query_from_proto(request)
+        outcome = engine.search(query, convert.search_params_from_proto(request))
+        return [mc.hit_to_dict(convert.hit_to_proto(h)) for h in outcome.hits]
     finally:
         engine.close()
 

@@ -45,6 +45,11 @@ def add_parsers(sub: Any) -> None:
     ev.add_argument("--bundle", required=True)
     ev.add_argument("--manifest", type=Path, required=True)
     ev.add_argument("--device")
+    ev.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="fit per-pair score calibration on this manifest into the bundle",
+    )
     ev.add_argument("--json", action="store_true")
 
 
@@ -108,7 +113,8 @@ def run_train(args: argparse.Namespace) -> int:
     }
     test = Path(args.data) / "test.jsonl" if args.data else None
     if test is not None and test.is_file():
-        out["eval"] = evaluate_bundle(str(args.out), test, args.device)
+        # The held-out eval also fits the bundle's score calibration (server: calibrated_score).
+        out["eval"] = evaluate_bundle(str(args.out), test, args.device, calibrate=True)
     if args.json:
         print(json.dumps(out))
     else:
@@ -123,7 +129,11 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_bundle(bundle: str, manifest: Path, device: str | None) -> dict[str, dict[str, float]]:
+def evaluate_bundle(
+    bundle: str, manifest: Path, device: str | None, *, calibrate: bool = False
+) -> dict[str, dict[str, float]]:
+    """The eval table; with `calibrate`, also fit per-pair score calibration on the manifest and
+    write it into the bundle directory (the server reads it)."""
     from encoders.bundle import load_bundle
     from encoders.decode import MediaDecoder
     from encoders.encoder import Encoder
@@ -133,14 +143,17 @@ def evaluate_bundle(bundle: str, manifest: Path, device: str | None) -> dict[str
     encoder = Encoder(load_bundle(bundle, device))
     decoder = MediaDecoder(sample_rate=encoder.audio_sample_rate if encoder.has_audio else 16_000)
     try:
-        return evaluate(encoder, decoder, load_manifest(manifest))
+        pairs, calibration = evaluate(encoder, decoder, load_manifest(manifest))
     finally:
         decoder.close()
+    if calibrate:
+        calibration.save(Path(bundle))
+    return pairs
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from trainer.evaluate import format_table
 
-    pairs = evaluate_bundle(args.bundle, args.manifest, args.device)
+    pairs = evaluate_bundle(args.bundle, args.manifest, args.device, calibrate=args.calibrate)
     print(json.dumps({"pairs": pairs}) if args.json else format_table(pairs))
     return 0

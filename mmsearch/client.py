@@ -74,17 +74,79 @@ class MMSearchClient:
         filter: pb.Filter | None = None,
         score_threshold: float | None = None,
         group_size: int = 1,
+        positives: Sequence[tuple[pb.QueryInput, float]] = (),
+        negatives: Sequence[tuple[pb.QueryInput, float]] = (),
+        fusion: str = "mean",
+        stages: pb.SearchStages | None = None,
+        calibrated_threshold: float | None = None,
     ) -> pb.SearchResponse:
-        """Top `top_k` media for one query input, each with up to `group_size` hits."""
+        """Top `top_k` media, each with up to `group_size` hits, for one query input or for
+        weighted `positives` (and `negatives`) built with `query_input`."""
+        single = any(v is not None for v in (text, image, id, audio, video))
         request = pb.SearchRequest(
-            query=query_input(text=text, image=image, id=id, audio=audio, video=video),
+            query=query_input(text=text, image=image, id=id, audio=audio, video=video) if single else None,
             top_k=top_k,
             modalities=[modality(m) for m in modalities],
             filter=filter,
             score_threshold=score_threshold,
             group_size=group_size,
+            positives=[pb.WeightedInput(input=q, weight=w) for q, w in positives],
+            negatives=[pb.WeightedInput(input=q, weight=w) for q, w in negatives],
+            fusion=pb.FUSION_RRF if fusion == "rrf" else pb.FUSION_UNSPECIFIED,
+            stages=stages,
+            calibrated_threshold=calibrated_threshold,
         )
         return self._stub.Search(request, timeout=self.timeout)
+
+    def search_request(self, request: pb.SearchRequest) -> pb.SearchResponse:
+        """Send a SearchRequest built by hand (every option of the API)."""
+        return self._stub.Search(request, timeout=self.timeout)
+
+    def recommend(
+        self,
+        positive_ids: Sequence[str],
+        negative_ids: Sequence[str] = (),
+        *,
+        top_k: int = 10,
+        modalities: Iterable[str] = (),
+        filter: pb.Filter | None = None,
+        group_size: int = 1,
+    ) -> pb.SearchResponse:
+        request = pb.RecommendRequest(
+            positive_ids=list(positive_ids),
+            negative_ids=list(negative_ids),
+            top_k=top_k,
+            modalities=[modality(m) for m in modalities],
+            filter=filter,
+            group_size=group_size,
+        )
+        return self._stub.Recommend(request, timeout=self.timeout)
+
+    def mine(
+        self,
+        *,
+        queries: Sequence[pb.QueryInput] = (),
+        positive_ids: Sequence[str] = (),
+        k: int = 10,
+        modalities: Iterable[str] = (),
+        filter: pb.Filter | None = None,
+        group_key: str = "",
+        group: str = "",
+        max_fraction_of_positive: float | None = None,
+        near_duplicate: float | None = None,
+    ) -> pb.MineResponse:
+        request = pb.MineRequest(
+            queries=list(queries),
+            positive_ids=list(positive_ids),
+            k=k,
+            modalities=[modality(m) for m in modalities],
+            filter=filter,
+            group_key=group_key,
+            group=group,
+            max_fraction_of_positive=max_fraction_of_positive,
+            near_duplicate=near_duplicate,
+        )
+        return self._stub.MineHardNegatives(request, timeout=self.timeout)
 
     def embed(self, inputs: Sequence[pb.QueryInput]) -> pb.EmbedResponse:
         return self._stub.Embed(pb.EmbedRequest(inputs=list(inputs)), timeout=self.timeout)
@@ -208,6 +270,7 @@ def hit_to_dict(hit: pb.SearchHit) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": hit.id,
         "score": round(float(hit.score), 6),
+        "calibrated_score": round(float(hit.calibrated_score), 6),
         "modality": modality_name(hit.modality),
         "source": hit.source,
         "media_id": hit.media_id,

@@ -10,9 +10,11 @@ from encoders.modality import Modality
 from indexer.filters import Condition, FilterError, FilterSpec, Match, MatchAny, Range
 from indexer.items import ItemInput
 from indexer.schema import META, StoredPoint
+from indexer.store import Stages
 from mmsearch.v1 import search_pb2 as pb
-from server.engine import QueryInput
+from server.engine import MultiQuery, QueryInput
 from server.errors import InvalidArgument
+from server.planner import DEFAULT_STAGES, SearchParams
 
 _TO_PROTO = {
     Modality.TEXT: pb.MODALITY_TEXT,
@@ -129,6 +131,7 @@ def hit_to_proto(p: StoredPoint) -> pb.SearchHit:
         t_end=payload.get("t_end"),
         track=_TRACKS.get(str(payload.get("track")), pb.TRACK_UNSPECIFIED),
         pooled=bool(payload.get("pooled", False)),
+        calibrated_score=p.calibrated if p.calibrated is not None else 0.0,
     )
 
 
@@ -143,3 +146,59 @@ def item_from_proto(item: pb.Item, index: int) -> ItemInput:
         data = getattr(item, kind)
         return ItemInput(Modality(kind), data, item.source, item.id or None, metadata, attributes)
     raise InvalidArgument(f"{field} has no content: set text, image, audio or video")
+
+
+def search_query_from_proto(request: pb.SearchRequest) -> QueryInput | MultiQuery:
+    """`query`, or the weighted `positives` and `negatives` (not both)."""
+    multi = bool(request.positives or request.negatives)
+    if request.HasField("query") and multi:
+        raise InvalidArgument("set either query or positives/negatives, not both")
+    if request.HasField("query"):
+        return query_from_proto(request.query)
+    if not multi:
+        raise InvalidArgument("query is required (or positives)")
+
+    def weighted(items: Any, name: str) -> tuple[tuple[QueryInput, float], ...]:
+        return tuple(
+            (query_from_proto(w.input, field=f"{name}[{i}].input"), float(w.weight))
+            for i, w in enumerate(items)
+        )
+
+    return MultiQuery(weighted(request.positives, "positives"), weighted(request.negatives, "negatives"))
+
+
+def stages_from_proto(st: pb.SearchStages) -> tuple[Stages, bool]:
+    """The dense query's stages and whether video segments are frame re-scored."""
+    d = DEFAULT_STAGES
+    stages = Stages(
+        oversampling=st.oversampling if st.HasField("oversampling") else d.oversampling,
+        quantized=st.quantized if st.HasField("quantized") else d.quantized,
+        exact_rescore=st.exact_rescore if st.HasField("exact_rescore") else d.exact_rescore,
+        mmr_lambda=st.mmr_lambda if st.HasField("mmr_lambda") else d.mmr_lambda,
+    )
+    return stages, st.frames_rescore if st.HasField("frames_rescore") else True
+
+
+def search_params_from_proto(request: pb.SearchRequest | pb.RecommendRequest) -> SearchParams:
+    modalities = tuple(
+        modality_from_proto(m, field=f"modalities[{i}]") for i, m in enumerate(request.modalities)
+    )
+    common: dict[str, Any] = {
+        "top_k": request.top_k,
+        "modalities": modalities,
+        "filter": filter_from_proto(request.filter) if request.HasField("filter") else None,
+        "group_size": request.group_size or 1,
+    }
+    if isinstance(request, pb.RecommendRequest):
+        return SearchParams(**common)
+    stages, frames = stages_from_proto(request.stages)
+    return SearchParams(
+        **common,
+        score_threshold=request.score_threshold if request.HasField("score_threshold") else None,
+        calibrated_threshold=request.calibrated_threshold
+        if request.HasField("calibrated_threshold")
+        else None,
+        stages=stages,
+        frames_rescore=frames,
+        fusion="rrf" if request.fusion == pb.FUSION_RRF else "mean",
+    )

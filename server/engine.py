@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,12 +19,15 @@ from encoders.encoder import Encoder
 from encoders.errors import EncoderError, MediaDecodeError
 from encoders.media import decode_image
 from encoders.modality import Modality
-from indexer.filters import FilterError, FilterSpec, Match, MatchAny, validate
+from indexer.filters import FilterSpec, Match, payload_key
 from indexer.items import ItemIndexer, ItemInput, ItemOutcome
+from indexer.mining import MiningParams, mine_hard_negatives
 from indexer.schema import StoredPoint, StoreInfo
 from indexer.store import VectorStore, matching_ids
+from server import planner
 from server.config import ServerConfig
 from server.errors import InvalidArgument, NotFound
+from server.planner import Plan, SearchOutcome, SearchParams, Weighted
 
 
 @dataclass(frozen=True)
@@ -45,36 +49,15 @@ class EncodedQuery:
 
 
 @dataclass(frozen=True)
-class SearchParams:
-    top_k: int
-    modalities: tuple[Modality, ...] = ()
-    filter: FilterSpec | None = None
-    score_threshold: float | None = None
-    group_size: int = 1  # hits per media (media_id); top_k counts media
+class MultiQuery:
+    """Several weighted positive inputs and optional negatives (inputs or stored ids)."""
 
-
-MAX_GROUP_SIZE = 100
-MAX_CANDIDATES = 10_000
+    positives: tuple[tuple[QueryInput, float], ...]
+    negatives: tuple[tuple[QueryInput, float], ...] = ()
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
-
-
-def group_by_media(hits: Sequence[StoredPoint], top_k: int, group_size: int) -> list[list[StoredPoint]]:
-    """The best `top_k` media, each with up to `group_size` hits, best first. Qdrant's own
-    grouping cannot merge our two scoring branches (dense and frame re-scoring), so this runs here."""
-    groups: dict[str, list[StoredPoint]] = {}
-    for h in sorted(hits, key=lambda h: h.score, reverse=True):
-        key = str(h.payload.get("media_id") or h.id)
-        group = groups.get(key)
-        if group is None:
-            if len(groups) >= top_k:
-                continue
-            groups[key] = group = []
-        if len(group) < group_size:
-            group.append(h)
-    return list(groups.values())
 
 
 class SearchEngine:
@@ -130,65 +113,114 @@ class SearchEngine:
         mean = vectors.mean(axis=0)
         return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
-    def search(self, query: QueryInput, params: SearchParams) -> tuple[EncodedQuery, list[StoredPoint]]:
-        """Validate the parameters (before spending time on encoding), encode, query, group."""
-        spec = self._search_filter(params)
-        encoded = self.encode_query(query)
-        wants_video = not params.modalities or Modality.VIDEO in params.modalities
-        limit = params.top_k * params.group_size * 3 + 10
-        for _ in range(4):  # widen the candidate pool until top_k media are filled or none are left
-            hits = self._candidates(encoded, spec, params.score_threshold, limit, wants_video)
-            groups = group_by_media(hits, params.top_k, params.group_size)
-            if len(groups) >= params.top_k or len(hits) < limit or limit >= MAX_CANDIDATES:
-                break
-            limit = min(limit * 4, MAX_CANDIDATES)
-        return encoded, [h for g in groups for h in g]
+    def search(self, query: QueryInput | MultiQuery, params: SearchParams) -> SearchOutcome:
+        """Validate the parameters (before spending time on encoding), encode, run the pipeline."""
+        spec = planner.check_params(params, self.config.max_top_k)
+        start = time.perf_counter()
+        plan = self._plan(query, params)
+        encode_ms = (time.perf_counter() - start) * 1e3
+        outcome = planner.run(self.store, plan, params, spec, self.encoder.bundle.calibration)
+        outcome.stage_ms["encode"] = encode_ms
+        return outcome
 
-    def _candidates(
-        self, q: EncodedQuery, spec: FilterSpec, threshold: float | None, limit: int, wants_video: bool
-    ) -> list[StoredPoint]:
-        hits = self.store.query(
-            q.vector, limit=limit, filter=spec, score_threshold=threshold, exclude_ids=q.exclude_ids
-        )
-        if not wants_video:
-            return hits
-        # Video segments are re-scored by MAX_SIM over their frames, so a query that matches one
-        # frame finds its segment even when the segment's mean vector lies elsewhere.
-        segments = spec.and_(FilterSpec(must=(Match("modality", "video"), Match("track", "visual"))))
-        rescored = self.store.query(
-            q.vector,
-            limit=limit,
-            filter=segments,
-            score_threshold=threshold,
-            exclude_ids=q.exclude_ids,
-            frames_prefetch=max(4 * limit, 200),
-        )
-        best = {h.id: h for h in hits}
-        for h in rescored:
-            if h.id not in best or h.score > best[h.id].score:
-                best[h.id] = h
-        return sorted(best.values(), key=lambda h: h.score, reverse=True)
+    def _plan(self, query: QueryInput | MultiQuery, params: SearchParams) -> Plan:
+        single = isinstance(query, QueryInput)
+        multi = MultiQuery(((query, 1.0),)) if isinstance(query, QueryInput) else query
+        if not multi.positives:
+            what = "a negative-only query has nothing to rank by" if multi.negatives else "no query input"
+            raise InvalidArgument(f"positives is empty: give query or at least one positive ({what})")
+        if multi.negatives and params.fusion == "rrf":
+            raise InvalidArgument("negatives cannot be combined with fusion RRF: use the default fusion")
+        positives: list[Weighted] = []
+        exclude: list[str] = []
+        for i, (q, w) in enumerate(multi.positives):
+            where = "query" if single else f"positives[{i}]"
+            weight = planner.check_weight(w, where)
+            enc = self.encode_query(q, field=where if single else f"{where}.input")
+            positives.append(Weighted(enc.vector, enc.modality, weight))
+            exclude += enc.exclude_ids
+        negatives = []
+        for i, (q, w) in enumerate(multi.negatives):
+            planner.check_weight(w, f"negatives[{i}]")
+            enc = self.encode_query(q, field=f"negatives[{i}].input")
+            negatives.append(enc.vector)
+            exclude += enc.exclude_ids
+        return Plan(positives, negatives, tuple(dict.fromkeys(exclude)))
 
-    def _search_filter(self, params: SearchParams) -> FilterSpec:
-        if not 1 <= params.top_k <= self.config.max_top_k:
-            raise InvalidArgument(f"top_k must be between 1 and {self.config.max_top_k}, got {params.top_k}")
-        if not 1 <= params.group_size <= MAX_GROUP_SIZE:
-            raise InvalidArgument(
-                f"group_size must be between 1 and {MAX_GROUP_SIZE}, got {params.group_size}"
-            )
-        if params.score_threshold is not None and not math.isfinite(params.score_threshold):
-            raise InvalidArgument("score_threshold must be a finite number")
-        spec = FilterSpec()
-        if params.filter is not None:
-            try:
-                spec = validate(params.filter)
-            except FilterError as exc:
-                raise InvalidArgument(str(exc)) from exc
-        if params.modalities:
-            spec = spec.and_(
-                FilterSpec(must=(MatchAny("modality", tuple(m.value for m in params.modalities)),))
-            )
-        return spec
+    def recommend(
+        self, positive_ids: Sequence[str], negative_ids: Sequence[str], params: SearchParams
+    ) -> SearchOutcome:
+        """Like the positive stored points, unlike the negative ones (ids or caller ids)."""
+        if not positive_ids:
+            raise InvalidArgument("positive_ids is empty: recommend needs at least one positive")
+        query = MultiQuery(
+            tuple((QueryInput(id=i), 1.0) for i in positive_ids),
+            tuple((QueryInput(id=i), 1.0) for i in negative_ids),
+        )
+        return self.search(query, params)
+
+    def mine(
+        self,
+        anchors: Sequence[QueryInput],
+        positive_ids: Sequence[str],
+        *,
+        k: int,
+        modalities: tuple[Modality, ...] = (),
+        filter: FilterSpec | None = None,
+        group_key: str = "",
+        group: str = "",
+        max_fraction_of_positive: float = 0.95,
+        near_duplicate: float = 0.98,
+    ) -> tuple[list[StoredPoint], float | None]:
+        """Hard negatives for the anchors (query inputs, else the positives' own vectors)."""
+        if not 1 <= k <= self.config.max_top_k:
+            raise InvalidArgument(f"k must be between 1 and {self.config.max_top_k}, got {k}")
+        for name, value in (
+            ("max_fraction_of_positive", max_fraction_of_positive),
+            ("near_duplicate", near_duplicate),
+        ):
+            if not (math.isfinite(value) and 0 < value <= 1):
+                raise InvalidArgument(f"{name} must be in (0, 1], got {value}")
+        if not anchors and not positive_ids:
+            raise InvalidArgument("give queries or positive_ids: mining needs an anchor")
+        spec = planner.check_params(
+            SearchParams(top_k=k, modalities=modalities, filter=filter), self.config.max_top_k
+        )
+        positives = (
+            self.store.get(self.resolve_ids(positive_ids, field="positive_ids"), with_vectors=True)
+            if positive_ids
+            else []
+        )
+        vectors = [self.encode_query(q, field=f"queries[{i}]").vector for i, q in enumerate(anchors)]
+        vectors = vectors or [p.vector for p in positives if p.vector is not None]
+        key = payload_key(group_key) if group_key else None
+        if key and not group and positives:
+            values = {str(_get_path(p.payload, key)) for p in positives}
+            group = values.pop() if len(values) == 1 else ""
+        best = None
+        if positives:
+            best = max(float(v @ p.vector) for v in vectors for p in positives if p.vector is not None)
+        params = MiningParams(
+            k=k,
+            max_fraction_of_positive=max_fraction_of_positive,
+            near_duplicate=near_duplicate,
+            group_key=key,
+        )
+        found: dict[str, StoredPoint] = {}
+        for v in vectors:
+            for h in mine_hard_negatives(
+                self.store,
+                v,
+                params=params,
+                positive_score=best,
+                group=group or None,
+                filter=spec,
+                exclude_ids=[p.id for p in positives],
+                exclude_content_hashes=[str(p.payload.get("content_hash")) for p in positives],
+            ):
+                if h.id not in found or h.score > found[h.id].score:
+                    found[h.id] = h
+        return sorted(found.values(), key=lambda h: h.score, reverse=True)[:k], best
 
     def embed(self, inputs: Sequence[QueryInput]) -> list[EncodedQuery]:
         if not inputs:
@@ -275,3 +307,10 @@ class SearchEngine:
         if not points:
             raise NotFound(f"{field}: no stored point has id {raw}")
         return points[0]
+
+
+def _get_path(payload: dict[str, object], key: str) -> object:
+    value: object = payload
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value

@@ -14,8 +14,9 @@ from indexer.store import BundleMismatchError, StoreError
 from mmsearch.v1 import search_pb2 as pb
 from mmsearch.v1 import search_pb2_grpc as pb_grpc
 from server import convert
-from server.engine import SearchEngine, SearchParams
-from server.errors import InvalidArgument, RequestError
+from server.engine import SearchEngine
+from server.errors import RequestError
+from server.planner import SearchOutcome
 
 log = logging.getLogger("mmsearch.server")
 T = TypeVar("T")
@@ -48,27 +49,59 @@ class SearchService(pb_grpc.SearchServiceServicer):
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         def run() -> pb.SearchResponse:
-            if not request.HasField("query"):
-                raise InvalidArgument("query is required")
-            query = convert.query_from_proto(request.query)
-            params = SearchParams(
-                top_k=request.top_k,
-                modalities=tuple(
-                    convert.modality_from_proto(m, field=f"modalities[{i}]")
-                    for i, m in enumerate(request.modalities)
-                ),
-                filter=convert.filter_from_proto(request.filter) if request.HasField("filter") else None,
-                score_threshold=request.score_threshold if request.HasField("score_threshold") else None,
-                group_size=request.group_size or 1,
-            )
-            encoded, hits = self.engine.search(query, params)
-            return pb.SearchResponse(
-                hits=[convert.hit_to_proto(h) for h in hits],
-                bundle_id=self.engine.bundle_id,
-                query_modality=convert.modality_to_proto(encoded.modality),
-            )
+            query = convert.search_query_from_proto(request)
+            return self._response(self.engine.search(query, convert.search_params_from_proto(request)))
 
         return await self._run(context, "Search", run)
+
+    async def Recommend(
+        self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SearchResponse:
+        def run() -> pb.SearchResponse:
+            params = convert.search_params_from_proto(request)
+            return self._response(
+                self.engine.recommend(list(request.positive_ids), list(request.negative_ids), params)
+            )
+
+        return await self._run(context, "Recommend", run)
+
+    async def MineHardNegatives(
+        self, request: pb.MineRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MineResponse:
+        def run() -> pb.MineResponse:
+            anchors = [
+                convert.query_from_proto(q, field=f"queries[{i}]") for i, q in enumerate(request.queries)
+            ]
+            modalities = tuple(
+                convert.modality_from_proto(m, field=f"modalities[{i}]")
+                for i, m in enumerate(request.modalities)
+            )
+            negatives, best = self.engine.mine(
+                anchors,
+                list(request.positive_ids),
+                k=request.k or 10,
+                modalities=modalities,
+                filter=convert.filter_from_proto(request.filter) if request.HasField("filter") else None,
+                group_key=request.group_key,
+                group=request.group,
+                max_fraction_of_positive=(
+                    request.max_fraction_of_positive if request.HasField("max_fraction_of_positive") else 0.95
+                ),
+                near_duplicate=request.near_duplicate if request.HasField("near_duplicate") else 0.98,
+            )
+            return pb.MineResponse(
+                negatives=[convert.hit_to_proto(h) for h in negatives], positive_score=best
+            )
+
+        return await self._run(context, "MineHardNegatives", run)
+
+    def _response(self, outcome: SearchOutcome) -> pb.SearchResponse:
+        return pb.SearchResponse(
+            hits=[convert.hit_to_proto(h) for h in outcome.hits],
+            bundle_id=self.engine.bundle_id,
+            query_modality=convert.modality_to_proto(outcome.modality),
+            stage_ms={k: round(v, 3) for k, v in outcome.stage_ms.items()},
+        )
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         def run() -> pb.EmbedResponse:

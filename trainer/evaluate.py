@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from encoders.calibration import Calibration, fit_platt
 from encoders.decode import MediaDecoder
 from encoders.encoder import Encoder
 from encoders.errors import MediaDecodeError
@@ -80,16 +81,23 @@ def retrieval_metrics(queries: EvalItems, targets: EvalItems) -> dict[str, float
     return {k: round(v, 4) for k, v in out.items()}
 
 
-def evaluate(encoder: Encoder, decoder: MediaDecoder, manifest: Manifest) -> dict[str, dict[str, float]]:
-    """{"text->image": {"R@1": .., "R@5": .., "R@10": .., "mAP": ..}, ...} for every pair of
-    different modalities present in the manifest."""
+def evaluate(
+    encoder: Encoder, decoder: MediaDecoder, manifest: Manifest
+) -> tuple[dict[str, dict[str, float]], Calibration]:
+    """Metrics {"text->image": {"R@1": .., "R@5": .., "R@10": .., "mAP": ..}, ...} for every pair
+    of different modalities in the manifest, and a score calibration fitted on the same pairs."""
     items = embed_items(encoder, decoder, manifest)
     pairs: dict[str, dict[str, float]] = {}
+    calibration = Calibration()
     for q in Modality:
         for t in Modality:
             if q != t and q in items and t in items:
-                pairs[f"{q}->{t}"] = retrieval_metrics(items[q], items[t])
-    return pairs
+                name = f"{q}->{t}"
+                pairs[name] = retrieval_metrics(items[q], items[t])
+                scores = items[q].vectors @ items[t].vectors.T
+                relevant = items[q].groups[:, None] == items[t].groups[None, :]
+                calibration.maps[name] = fit_platt(scores.ravel(), relevant.ravel())
+    return pairs, calibration
 
 
 def format_table(pairs: dict[str, dict[str, float]]) -> str:

@@ -21,6 +21,11 @@ class Track(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRACK_UNSPECIFIED: _ClassVar[Track]
     TRACK_VISUAL: _ClassVar[Track]
     TRACK_AUDIO: _ClassVar[Track]
+
+class Fusion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FUSION_UNSPECIFIED: _ClassVar[Fusion]
+    FUSION_RRF: _ClassVar[Fusion]
 MODALITY_UNSPECIFIED: Modality
 MODALITY_TEXT: Modality
 MODALITY_IMAGE: Modality
@@ -29,6 +34,8 @@ MODALITY_VIDEO: Modality
 TRACK_UNSPECIFIED: Track
 TRACK_VISUAL: Track
 TRACK_AUDIO: Track
+FUSION_UNSPECIFIED: Fusion
+FUSION_RRF: Fusion
 
 class QueryInput(_message.Message):
     __slots__ = ("text", "image", "id", "audio", "video")
@@ -88,24 +95,56 @@ class Filter(_message.Message):
     should: _containers.RepeatedCompositeFieldContainer[Condition]
     def __init__(self, must: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., must_not: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., should: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ...) -> None: ...
 
+class WeightedInput(_message.Message):
+    __slots__ = ("input", "weight")
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    input: QueryInput
+    weight: float
+    def __init__(self, input: _Optional[_Union[QueryInput, _Mapping]] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class SearchStages(_message.Message):
+    __slots__ = ("oversampling", "quantized", "exact_rescore", "frames_rescore", "mmr_lambda")
+    OVERSAMPLING_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZED_FIELD_NUMBER: _ClassVar[int]
+    EXACT_RESCORE_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_RESCORE_FIELD_NUMBER: _ClassVar[int]
+    MMR_LAMBDA_FIELD_NUMBER: _ClassVar[int]
+    oversampling: float
+    quantized: bool
+    exact_rescore: bool
+    frames_rescore: bool
+    mmr_lambda: float
+    def __init__(self, oversampling: _Optional[float] = ..., quantized: _Optional[bool] = ..., exact_rescore: _Optional[bool] = ..., frames_rescore: _Optional[bool] = ..., mmr_lambda: _Optional[float] = ...) -> None: ...
+
 class SearchRequest(_message.Message):
-    __slots__ = ("query", "top_k", "modalities", "filter", "score_threshold", "group_size")
+    __slots__ = ("query", "top_k", "modalities", "filter", "score_threshold", "group_size", "positives", "negatives", "fusion", "stages", "calibrated_threshold")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MODALITIES_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVES_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     query: QueryInput
     top_k: int
     modalities: _containers.RepeatedScalarFieldContainer[Modality]
     filter: Filter
     score_threshold: float
     group_size: int
-    def __init__(self, query: _Optional[_Union[QueryInput, _Mapping]] = ..., top_k: _Optional[int] = ..., modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., score_threshold: _Optional[float] = ..., group_size: _Optional[int] = ...) -> None: ...
+    positives: _containers.RepeatedCompositeFieldContainer[WeightedInput]
+    negatives: _containers.RepeatedCompositeFieldContainer[WeightedInput]
+    fusion: Fusion
+    stages: SearchStages
+    calibrated_threshold: float
+    def __init__(self, query: _Optional[_Union[QueryInput, _Mapping]] = ..., top_k: _Optional[int] = ..., modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., score_threshold: _Optional[float] = ..., group_size: _Optional[int] = ..., positives: _Optional[_Iterable[_Union[WeightedInput, _Mapping]]] = ..., negatives: _Optional[_Iterable[_Union[WeightedInput, _Mapping]]] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., stages: _Optional[_Union[SearchStages, _Mapping]] = ..., calibrated_threshold: _Optional[float] = ...) -> None: ...
 
 class SearchHit(_message.Message):
-    __slots__ = ("id", "score", "modality", "source", "media_id", "segment", "text", "metadata", "attributes", "t_start", "t_end", "track", "pooled")
+    __slots__ = ("id", "score", "modality", "source", "media_id", "segment", "text", "metadata", "attributes", "t_start", "t_end", "track", "pooled", "calibrated_score")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     MODALITY_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +158,7 @@ class SearchHit(_message.Message):
     T_END_FIELD_NUMBER: _ClassVar[int]
     TRACK_FIELD_NUMBER: _ClassVar[int]
     POOLED_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_SCORE_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     modality: Modality
@@ -132,17 +172,73 @@ class SearchHit(_message.Message):
     t_end: float
     track: Track
     pooled: bool
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., modality: _Optional[_Union[Modality, str]] = ..., source: _Optional[str] = ..., media_id: _Optional[str] = ..., segment: _Optional[int] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., t_start: _Optional[float] = ..., t_end: _Optional[float] = ..., track: _Optional[_Union[Track, str]] = ..., pooled: _Optional[bool] = ...) -> None: ...
+    calibrated_score: float
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., modality: _Optional[_Union[Modality, str]] = ..., source: _Optional[str] = ..., media_id: _Optional[str] = ..., segment: _Optional[int] = ..., text: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., t_start: _Optional[float] = ..., t_end: _Optional[float] = ..., track: _Optional[_Union[Track, str]] = ..., pooled: _Optional[bool] = ..., calibrated_score: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "bundle_id", "query_modality")
+    __slots__ = ("hits", "bundle_id", "query_modality", "stage_ms")
+    class StageMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     HITS_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     QUERY_MODALITY_FIELD_NUMBER: _ClassVar[int]
+    STAGE_MS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     bundle_id: str
     query_modality: Modality
-    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., bundle_id: _Optional[str] = ..., query_modality: _Optional[_Union[Modality, str]] = ...) -> None: ...
+    stage_ms: _containers.ScalarMap[str, float]
+    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., bundle_id: _Optional[str] = ..., query_modality: _Optional[_Union[Modality, str]] = ..., stage_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("positive_ids", "negative_ids", "top_k", "modalities", "filter", "group_size")
+    POSITIVE_IDS_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MODALITIES_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    positive_ids: _containers.RepeatedScalarFieldContainer[str]
+    negative_ids: _containers.RepeatedScalarFieldContainer[str]
+    top_k: int
+    modalities: _containers.RepeatedScalarFieldContainer[Modality]
+    filter: Filter
+    group_size: int
+    def __init__(self, positive_ids: _Optional[_Iterable[str]] = ..., negative_ids: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., group_size: _Optional[int] = ...) -> None: ...
+
+class MineRequest(_message.Message):
+    __slots__ = ("queries", "positive_ids", "k", "modalities", "filter", "group_key", "group", "max_fraction_of_positive", "near_duplicate")
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_IDS_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    MODALITIES_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    GROUP_KEY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRACTION_OF_POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    NEAR_DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    queries: _containers.RepeatedCompositeFieldContainer[QueryInput]
+    positive_ids: _containers.RepeatedScalarFieldContainer[str]
+    k: int
+    modalities: _containers.RepeatedScalarFieldContainer[Modality]
+    filter: Filter
+    group_key: str
+    group: str
+    max_fraction_of_positive: float
+    near_duplicate: float
+    def __init__(self, queries: _Optional[_Iterable[_Union[QueryInput, _Mapping]]] = ..., positive_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., group_key: _Optional[str] = ..., group: _Optional[str] = ..., max_fraction_of_positive: _Optional[float] = ..., near_duplicate: _Optional[float] = ...) -> None: ...
+
+class MineResponse(_message.Message):
+    __slots__ = ("negatives", "positive_score")
+    NEGATIVES_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    negatives: _containers.RepeatedCompositeFieldContainer[SearchHit]
+    positive_score: float
+    def __init__(self, negatives: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., positive_score: _Optional[float] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("inputs",)

@@ -65,6 +65,16 @@ class SearchServiceStub:
                 request_serializer=mmsearch_dot_v1_dot_search__pb2.StatsRequest.SerializeToString,
                 response_deserializer=mmsearch_dot_v1_dot_search__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Recommend = channel.unary_unary(
+                '/mmsearch.v1.SearchService/Recommend',
+                request_serializer=mmsearch_dot_v1_dot_search__pb2.RecommendRequest.SerializeToString,
+                response_deserializer=mmsearch_dot_v1_dot_search__pb2.SearchResponse.FromString,
+                _registered_method=True)
+        self.MineHardNegatives = channel.unary_unary(
+                '/mmsearch.v1.SearchService/MineHardNegatives',
+                request_serializer=mmsearch_dot_v1_dot_search__pb2.MineRequest.SerializeToString,
+                response_deserializer=mmsearch_dot_v1_dot_search__pb2.MineResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -115,6 +125,20 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Recommend(self, request, context):
+        """Items like the positive stored points and unlike the negative ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MineHardNegatives(self, request, context):
+        """The hardest negatives for anchors: nearest non-positives, with likely false negatives removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +171,16 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=mmsearch_dot_v1_dot_search__pb2.StatsRequest.FromString,
                     response_serializer=mmsearch_dot_v1_dot_search__pb2.StatsResponse.SerializeToString,
+            ),
+            'Recommend': grpc.unary_unary_rpc_method_handler(
+                    servicer.Recommend,
+                    request_deserializer=mmsearch_dot_v1_dot_search__pb2.RecommendRequest.FromString,
+                    response_serializer=mmsearch_dot_v1_dot_search__pb2.SearchResponse.SerializeToString,
+            ),
+            'MineHardNegatives': grpc.unary_unary_rpc_method_handler(
+                    servicer.MineHardNegatives,
+                    request_deserializer=mmsearch_dot_v1_dot_search__pb2.MineRequest.FromString,
+                    response_serializer=mmsearch_dot_v1_dot_search__pb2.MineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +346,60 @@ class SearchService:
             '/mmsearch.v1.SearchService/Stats',
             mmsearch_dot_v1_dot_search__pb2.StatsRequest.SerializeToString,
             mmsearch_dot_v1_dot_search__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Recommend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmsearch.v1.SearchService/Recommend',
+            mmsearch_dot_v1_dot_search__pb2.RecommendRequest.SerializeToString,
+            mmsearch_dot_v1_dot_search__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MineHardNegatives(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmsearch.v1.SearchService/MineHardNegatives',
+            mmsearch_dot_v1_dot_search__pb2.MineRequest.SerializeToString,
+            mmsearch_dot_v1_dot_search__pb2.MineResponse.FromString,
             options,
             channel_credentials,
             insecure,

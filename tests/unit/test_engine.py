@@ -24,10 +24,10 @@ def engine(encoder: Encoder) -> SearchEngine:
 
 
 def test_text_and_image_queries_find_their_duplicates(engine: SearchEngine) -> None:
-    _, hits = engine.search(QueryInput(text=TEXTS[2]), SearchParams(top_k=3))
+    hits = engine.search(QueryInput(text=TEXTS[2]), SearchParams(top_k=3)).hits
     assert hits[0].payload["text"] == TEXTS[2] and hits[0].score == pytest.approx(1.0, abs=1e-4)
-    encoded, hits = engine.search(QueryInput(image=image_bytes(3)), SearchParams(top_k=3))
-    assert encoded.modality == Modality.IMAGE and hits[0].payload["source"] == "img3"
+    out = engine.search(QueryInput(image=image_bytes(3)), SearchParams(top_k=3))
+    assert out.modality == Modality.IMAGE and out.hits[0].payload["source"] == "img3"
 
 
 def test_all_four_text_image_directions(engine: SearchEngine) -> None:
@@ -37,14 +37,15 @@ def test_all_four_text_image_directions(engine: SearchEngine) -> None:
         (QueryInput(image=image_bytes(0)), Modality.TEXT),
         (QueryInput(image=image_bytes(0)), Modality.IMAGE),
     ]:
-        _, hits = engine.search(query, SearchParams(top_k=10, modalities=(target,)))
+        hits = engine.search(query, SearchParams(top_k=10, modalities=(target,))).hits
         assert hits and {h.payload["modality"] for h in hits} == {target.value}
 
 
 def test_query_by_id_excludes_itself(engine: SearchEngine) -> None:
-    encoded, hits = engine.search(QueryInput(id="img-1"), SearchParams(top_k=5))
-    assert encoded.modality == Modality.IMAGE
-    assert encoded.exclude_ids and encoded.exclude_ids[0] not in {h.id for h in hits}
+    out = engine.search(QueryInput(id="img-1"), SearchParams(top_k=5))
+    (point,) = engine.get(["img-1"])
+    assert out.modality == Modality.IMAGE and out.hits
+    assert point.id not in {h.id for h in out.hits}
 
 
 @pytest.mark.parametrize(

@@ -80,7 +80,7 @@ def test_image_query_finds_the_video_segment_holding_that_frame(engine: SearchEn
             ),
         ]
     )
-    _, hits = engine.search(QueryInput(image=image_bytes(target_seed)), SearchParams(top_k=2))
+    hits = engine.search(QueryInput(image=image_bytes(target_seed)), SearchParams(top_k=2)).hits
     top = hits[0].payload
     assert top["source"] == "target.mp4" and top["track"] == "visual"
     assert (top["t_start"], top["t_end"]) == (10.0, 15.0) and not top["pooled"]
@@ -94,7 +94,7 @@ def test_audio_query_equal_to_a_video_track_returns_that_video_on_the_audio_trac
     engine.upsert([ItemInput(Modality.VIDEO, v, source=v.name) for v in videos])
     engine.upsert([ItemInput(Modality.AUDIO, write_audio(tmp_path / "x.wav", tone(9, 8)), source="x.wav")])
     query = extract_audio_track(videos[2], tmp_path / "track.wav")
-    _, hits = engine.search(QueryInput(audio=query.read_bytes()), SearchParams(top_k=3))
+    hits = engine.search(QueryInput(audio=query.read_bytes()), SearchParams(top_k=3)).hits
     assert hits[0].payload["source"] == "v2.mp4"
     assert hits[0].payload["track"] == "audio" and hits[0].score > 0.99
     assert len({h.payload["media_id"] for h in hits}) == len(hits)  # grouped: one hit per media
@@ -120,7 +120,7 @@ def test_corrupt_media_fails_alone_and_silent_video_is_noted(engine: SearchEngin
 
 def test_group_size_returns_several_segments_of_one_video(engine: SearchEngine, tmp_path: Path) -> None:
     engine.upsert([ItemInput(Modality.VIDEO, _video(tmp_path / "v.mp4", list(range(15)), 0), source="v.mp4")])
-    _, one = engine.search(QueryInput(text="anything"), SearchParams(top_k=5))
-    _, many = engine.search(QueryInput(text="anything"), SearchParams(top_k=5, group_size=4))
+    one = engine.search(QueryInput(text="anything"), SearchParams(top_k=5)).hits
+    many = engine.search(QueryInput(text="anything"), SearchParams(top_k=5, group_size=4)).hits
     assert len(one) == 1 and len(many) == 4
     assert {h.payload["media_id"] for h in many} == {one[0].payload["media_id"]}

@@ -37,7 +37,10 @@ def test_mining_filters_false_negatives(store_factory: MakeStore) -> None:
         "easy": (at(-0.5), "dog", "t"),
     }
     store.upsert(
-        [PointRecord(point_id(k), v, {"group": g, "modality": m, "name": k}) for k, (v, g, m) in points.items()]
+        [
+            PointRecord(point_id(k), v, {"group": g, "modality": m, "name": k})
+            for k, (v, g, m) in points.items()
+        ]
     )
     positive_score = 0.8
     found = mine_hard_negatives(

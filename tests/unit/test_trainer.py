@@ -59,9 +59,24 @@ def test_bad_manifest_lines_are_reported_and_skipped(library: Path, tmp_path: Pa
     lines = [
         good[0],
         "{not json",
-        json.dumps({"a": {"path": "nope.png", "modality": "image"}, "b": {"text": "x", "modality": "text"}, "group": "1"}),
-        json.dumps({"a": {"text": "x", "modality": "smell"}, "b": {"text": "y", "modality": "text"}, "group": "1"}),
-        json.dumps({"path": "images/train/" + sorted((library / "images/train").iterdir())[0].name, "modality": "image", "caption": "a digit", "group": "0"}),
+        json.dumps(
+            {
+                "a": {"path": "nope.png", "modality": "image"},
+                "b": {"text": "x", "modality": "text"},
+                "group": "1",
+            }
+        ),
+        json.dumps(
+            {"a": {"text": "x", "modality": "smell"}, "b": {"text": "y", "modality": "text"}, "group": "1"}
+        ),
+        json.dumps(
+            {
+                "path": "images/train/" + sorted((library / "images/train").iterdir())[0].name,
+                "modality": "image",
+                "caption": "a digit",
+                "group": "0",
+            }
+        ),
         json.dumps({"a": {"text": "x", "modality": "text"}, "b": {"text": "y", "modality": "text"}}),
         good[1],
     ]
@@ -89,7 +104,9 @@ def test_loss_masks_same_group_and_counts_mined_negatives() -> None:
     unmasked = contrastive_loss(a, b, scale, ["x", "w", "y", "z"])
     assert masked < unmasked
     hard = a[:1].clone()  # a mined negative identical to anchor 0's positive direction
-    with_mined = contrastive_loss(a, b, scale, ["x", "w", "y", "z"], mined_b=hard, mined_owner=torch.tensor([0]))
+    with_mined = contrastive_loss(
+        a, b, scale, ["x", "w", "y", "z"], mined_b=hard, mined_owner=torch.tensor([0])
+    )
     assert with_mined > unmasked
     weighted = contrastive_loss(a, b, scale, ["x", "w", "y", "z"], hardness_beta=5.0)
     assert weighted != unmasked
@@ -113,7 +130,9 @@ def test_retrieval_metrics_on_a_known_ranking() -> None:
 
 
 def test_training_lowers_the_loss_and_the_bundle_reloads(library: Path, tmp_path: Path) -> None:
-    cfg = replace(load_config(None, {**QUICK, "steps": 24}), mining=MiningCfg(enabled=True, k=2, refresh_every=12))
+    cfg = replace(
+        load_config(None, {**QUICK, "steps": 24}), mining=MiningCfg(enabled=True, k=2, refresh_every=12)
+    )
     result = train(cfg, library / "train.jsonl", tmp_path / "b", log=lambda _: None)
     assert result.steps == 24 and not result.skipped
     assert np.mean(result.losses[-6:]) < np.mean(result.losses[:6])
@@ -121,7 +140,9 @@ def test_training_lowers_the_loss_and_the_bundle_reloads(library: Path, tmp_path
     again = load_bundle(str(tmp_path / "b"), device="cpu")
     assert first.bundle_id == again.bundle_id != load_bundle("tiny", device="cpu").bundle_id
     probe = ["the number seven", "a handwritten two"]
-    np.testing.assert_allclose(Encoder(first).embed_texts(probe), Encoder(again).embed_texts(probe), atol=1e-6)
+    np.testing.assert_allclose(
+        Encoder(first).embed_texts(probe), Encoder(again).embed_texts(probe), atol=1e-6
+    )
     # The last checkpoint holds the same weights as the written bundle.
     state = torch.load(sorted((tmp_path / "b" / "checkpoints").glob("*.pt"))[-1], weights_only=False)
     tiny = load_bundle("tiny", device="cpu")
@@ -167,7 +188,9 @@ def test_audio_training_needs_an_audio_tower(library: Path, tmp_path: Path, tiny
     cfg = load_config(None, {**QUICK, "base_bundle": f"openclip:mmsearch-tiny/{tiny_weights}"})
     with pytest.raises(ConfigError, match="no audio tower"):
         train(cfg, library / "train.jsonl", tmp_path / "b", log=lambda _: None)
-    bound = replace(cfg, audio_tower={"arch": "conv1d-mel", "width": 32, "layers": 2}, train=("audio",), steps=4)
+    bound = replace(
+        cfg, audio_tower={"arch": "conv1d-mel", "width": 32, "layers": 2}, train=("audio",), steps=4
+    )
     result = train(bound, library / "train.jsonl", tmp_path / "b", log=lambda _: None)
     assert load_bundle(str(result.out_dir), device="cpu").audio is not None
 
