@@ -1,9 +1,15 @@
-"""Retrieval quality on the digits-world sample library: hard-negative mining on vs off.
+"""Retrieval quality on the digits-world sample library.
 
-Trains two bundles from the same base, seed and step budget — one with index-mined hard
-negatives, one without — and evaluates both on the held-out split: Recall@1/5/10 and mAP for
-every modality pair, and Recall@1 within the confusable digit sets (3/5/8, 1/7, 4/9), where the
-query and the candidates are restricted to the set's digits. Prints one JSON object.
+1. Hard-negative mining on vs off: two bundles from the same base, seed and step budget, one with
+   index-mined hard negatives and one without, evaluated on the held-out split: Recall@1/5/10 and
+   mAP for every modality pair, and Recall@1 within the confusable digit sets (3/5/8, 1/7, 4/9),
+   where queries and candidates are restricted to the set's digits.
+2. Query stages: the held-out split indexed in the embedded store with the first bundle, queried
+   through the service's pipeline with each stage added in turn (ann -> +rescore -> +maxsim ->
+   +mmr): Recall@10 and nDCG@10 (class-level relevance, one hit per media) and the median
+   latency per query.
+
+Prints one JSON object.
 
     .venv/bin/python bench/quality.py [--steps 900] [--data DIR]
 """
@@ -12,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from encoders.bundle import load_bundle
 from encoders.decode import MediaDecoder
 from encoders.encoder import Encoder
+from indexer.edge_store import EdgeStore
+from indexer.ingest import ingest_path
+from indexer.schema import CollectionSchema
+from indexer.store import Stages
+from server.config import ServerConfig
+from server.engine import QueryInput, SearchEngine
+from server.planner import SearchParams
 from trainer.config import load_config
 from trainer.evaluate import EvalItems, embed_items, retrieval_metrics
 from trainer.manifest import load_manifest
@@ -65,6 +80,65 @@ def quality(bundle_dir: Path, test_manifest: Path) -> dict[str, Any]:
     return {"pairs": pairs, "confusable_R@1": confusable}
 
 
+STAGES = {
+    "ann": (Stages(oversampling=1, quantized=True, exact_rescore=False), False),
+    "+rescore": (Stages(oversampling=4, quantized=True, exact_rescore=True), False),
+    "+maxsim": (Stages(oversampling=4, quantized=True, exact_rescore=True), True),
+    "+mmr": (Stages(oversampling=4, quantized=True, exact_rescore=True, mmr_lambda=0.7), True),
+}
+
+
+def _digit(payload: dict[str, Any]) -> str:
+    return Path(str(payload.get("source", ""))).name.split("_", 1)[0]
+
+
+def stage_quality(bundle_dir: Path, data: Path, workdir: Path, per_modality: int = 40) -> dict[str, Any]:
+    """Index the held-out media, then run held-out queries through each stage configuration."""
+    encoder = Encoder(load_bundle(str(bundle_dir)))
+    store = EdgeStore(workdir / "index", CollectionSchema(encoder.bundle.bundle_id, encoder.dim))
+    engine = SearchEngine(encoder, store, ServerConfig())
+    try:
+        for folder in ("images/test", "audio/test", "videos/test"):
+            ingest_path(data / folder, engine.indexer.index, progress=False)
+        store.optimize()
+        manifest = load_manifest(data / "test.jsonl")
+        queries: dict[str, tuple[QueryInput, str]] = {}
+        for p in manifest.pairs:
+            for ref in (p.a, p.b):
+                if ref.modality.value == "text":
+                    queries.setdefault(f"text:{ref.text}", (QueryInput(text=ref.text), p.group))
+                elif (
+                    ref.path is not None
+                    and sum(k.startswith(ref.modality.value) for k in queries) < per_modality
+                ):
+                    raw = ref.path.read_bytes()
+                    queries.setdefault(
+                        f"{ref.modality.value}:{ref.path}", (QueryInput(**{ref.modality.value: raw}), p.group)
+                    )
+        out: dict[str, Any] = {}
+        for name, (stages, frames) in STAGES.items():
+            recall, ndcg, ms = [], [], []
+            for query, group in queries.values():
+                params = SearchParams(top_k=10, stages=stages, frames_rescore=frames)
+                t0 = time.perf_counter()
+                hits = engine.search(query, params).hits
+                ms.append((time.perf_counter() - t0) * 1e3)
+                rel = [int(_digit(h.payload) == group) for h in hits]
+                recall.append(float(any(rel)))
+                ndcg.append(
+                    sum(r / math.log2(i + 2) for i, r in enumerate(rel))
+                    / sum(1 / math.log2(i + 2) for i in range(10))
+                )
+            out[name] = {
+                "R@10": round(float(np.mean(recall)), 4),
+                "nDCG@10": round(float(np.mean(ndcg)), 4),
+                "ms": round(float(np.median(ms)), 2),
+            }
+        return {"queries": len(queries), "stages": out}
+    finally:
+        engine.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, help="training steps for each run (default: the sample config's)")
@@ -83,6 +157,7 @@ def main() -> None:
             result = train(cfg, data / "train.jsonl", out, log=lambda line: print(line, file=sys.stderr))
             runs[name] = {"train_seconds": result.seconds, "final_loss": round(result.final_loss, 4)}
             runs[name] |= quality(out, data / "test.jsonl")
+        staged = stage_quality(Path(tmp) / "mining_off", data, Path(tmp))
     print(
         json.dumps(
             {
@@ -90,6 +165,8 @@ def main() -> None:
                 "seed": args.seed,
                 "mining": {"k": base.mining.k, "refresh_every": base.mining.refresh_every},
                 "hard_negatives": runs,
+                "stages": staged["stages"],
+                "stage_queries": staged["queries"],
                 "confusable_summary": {
                     s: {
                         p: {
