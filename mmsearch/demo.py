@@ -31,7 +31,10 @@ def _train_starter(lib: Path, bundle_dir: Path, retrain: bool) -> None:
 
     config = load_config(CONFIG)
     marker = bundle_dir / "demo-train.json"
-    want = {"config": config.to_json(), "library": json.loads((lib / "sample.json").read_text())}
+    # Round-trip through JSON so tuples compare equal to the lists read back from the marker.
+    want = json.loads(
+        json.dumps({"config": config.to_json(), "library": json.loads((lib / "sample.json").read_text())})
+    )
     if not retrain and marker.is_file() and json.loads(marker.read_text()) == want:
         print(f"starter bundle cached in {bundle_dir} (--retrain to train again)")
         return
@@ -41,6 +44,13 @@ def _train_starter(lib: Path, bundle_dir: Path, retrain: bool) -> None:
         f"trained {result.steps} steps in {result.seconds:.0f} s, loss {result.first_loss:.3f} -> {result.final_loss:.3f}"
     )
     marker.write_text(json.dumps(want))
+
+
+def starter_marker(config: dict[str, Any], lib: Path) -> dict[str, Any]:
+    """What the cached starter bundle was trained with: the config and the library's parameters.
+    Round-tripped through JSON so tuples compare equal to the lists read back from the file."""
+    library = json.loads((lib / "sample.json").read_text())
+    return json.loads(json.dumps({"config": config, "library": library}))
 
 
 def _start_server(data: Path, bundle: Path) -> tuple[subprocess.Popen[str], str]:
