@@ -21,6 +21,7 @@ from mmsearch.v1 import search_pb2 as pb
 from mmsearch.v1 import search_pb2_grpc as pb_grpc
 from server.config import ServerConfig
 from server.engine import SearchEngine
+from server.interceptors import RequestIdInterceptor
 from server.service import SearchService
 
 log = logging.getLogger("mmsearch.server")
@@ -52,7 +53,8 @@ class RunningServer:
 async def start_server(engine: SearchEngine, config: ServerConfig) -> RunningServer:
     limit = config.max_message_bytes
     server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+        interceptors=[RequestIdInterceptor()],
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
     )
     pb_grpc.add_SearchServiceServicer_to_server(SearchService(engine), server)
     health_servicer = health.aio.HealthServicer()

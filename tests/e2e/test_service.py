@@ -203,3 +203,28 @@ def test_sigterm_shuts_down_cleanly_and_data_survives(tmp_path: Path) -> None:
             assert c.search(text=TEXTS[1], top_k=1).hits[0].text == TEXTS[1]
     finally:
         assert again.stop() == 0
+
+
+def test_request_ids_are_echoed_and_logged(server: ServerProcess, client: MMSearchClient) -> None:
+    import time
+
+    with grpc.insecure_channel(server.target) as channel:
+        stub = mc.pb_grpc.SearchServiceStub(channel)
+        _, call = stub.Search.with_call(
+            pb.SearchRequest(query=pb.QueryInput(text="hello"), top_k=1),
+            metadata=(("x-request-id", "req-42"),),
+            timeout=60,
+        )
+        assert ("x-request-id", "req-42") in tuple(call.initial_metadata())
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.Search(pb.SearchRequest(top_k=1), metadata=(("x-request-id", "req-43"),), timeout=60)
+        assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT
+        _, call = stub.Stats.with_call(pb.StatsRequest(), timeout=60)
+        generated = dict(call.initial_metadata())["x-request-id"]
+        assert len(generated) == 32
+    deadline = time.time() + 10
+    while time.time() < deadline and not any("req-43" in line for line in server.output):
+        time.sleep(0.1)
+    log = "".join(server.output)
+    assert "req-42 /mmsearch.v1.SearchService/Search OK" in log
+    assert "req-43 /mmsearch.v1.SearchService/Search INVALID_ARGUMENT" in log
