@@ -14,6 +14,7 @@ from encoders.audio import AudioTower, window_bounds
 from encoders.bundle import ModelBundle
 from encoders.errors import EncoderError
 from encoders.text import TextChunk, chunk_text
+from encoders.vectors import mean_unit
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,8 @@ class Encoder:
         cfg = self.require_audio().cfg
         bounds = window_bounds(len(samples), cfg)
         vectors = self.embed_audio_clips([samples[a:b] for a, b in bounds])
-        pooled = vectors.mean(axis=0)
-        pooled /= max(float(np.linalg.norm(pooled)), 1e-12)
         windows = [(a / cfg.sample_rate, b / cfg.sample_rate) for a, b in bounds]
-        return AudioEmbedding(windows, vectors, pooled.astype(np.float32))
+        return AudioEmbedding(windows, vectors, mean_unit(vectors))
 
     def embed_audio_clips(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         """Each clip as one window -> (n, dim). Clips of equal length share a forward pass."""

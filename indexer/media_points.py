@@ -16,6 +16,7 @@ import numpy as np
 
 from encoders.decode import DecodedAudio, DecodedVideo
 from encoders.encoder import Encoder
+from encoders.vectors import mean_unit
 from indexer.schema import PointRecord, point_id
 
 AUDIO = "audio"
@@ -26,10 +27,6 @@ POOLED = "pooled"  # the sentinel segment key: present once a media file is full
 @dataclass(frozen=True)
 class VideoLayout:
     segment_seconds: float = 5.0
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
 
 def audio_points(key: str, base: dict[str, Any], audio: DecodedAudio, encoder: Encoder) -> list[PointRecord]:
@@ -67,7 +64,7 @@ def video_points(
     points = [
         PointRecord(
             point_id(key, POOLED),
-            _unit(frame_vecs.mean(axis=0)),
+            mean_unit(frame_vecs),
             {
                 **base,
                 "track": VISUAL,
@@ -87,7 +84,7 @@ def video_points(
         frames = frame_vecs[in_seg]
         payload = {**base, "track": VISUAL, "segment": k, "segments": n_segments, "t_start": t0, "t_end": t1}
         payload |= {"pooled": False, "frame_times": [round(float(t), 3) for t in video.times[in_seg]]}
-        points.append(PointRecord(point_id(key, f"v{k}"), _unit(frames.mean(axis=0)), payload, frames=frames))
+        points.append(PointRecord(point_id(key, f"v{k}"), mean_unit(frames), payload, frames=frames))
 
     if video.audio is None:
         return points, "no audio track"

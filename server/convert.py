@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -179,10 +180,12 @@ def stages_from_proto(st: pb.SearchStages) -> tuple[Stages, bool]:
     return stages, st.frames_rescore if st.HasField("frames_rescore") else True
 
 
+def modalities_from_proto(values: Iterable[int]) -> tuple[Modality, ...]:
+    return tuple(modality_from_proto(m, field=f"modalities[{i}]") for i, m in enumerate(values))
+
+
 def search_params_from_proto(request: pb.SearchRequest | pb.RecommendRequest) -> SearchParams:
-    modalities = tuple(
-        modality_from_proto(m, field=f"modalities[{i}]") for i, m in enumerate(request.modalities)
-    )
+    modalities = modalities_from_proto(request.modalities)
     common: dict[str, Any] = {
         "top_k": request.top_k,
         "modalities": modalities,

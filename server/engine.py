@@ -19,6 +19,7 @@ from encoders.encoder import Encoder
 from encoders.errors import EncoderError, MediaDecodeError
 from encoders.media import decode_image
 from encoders.modality import Modality
+from encoders.vectors import mean_unit
 from indexer.filters import FilterSpec, Match, payload_key
 from indexer.items import ItemIndexer, ItemInput, ItemOutcome
 from indexer.mining import MiningParams, mine_hard_negatives
@@ -54,10 +55,6 @@ class MultiQuery:
 
     positives: tuple[tuple[QueryInput, float], ...]
     negatives: tuple[tuple[QueryInput, float], ...] = ()
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
 
 class SearchEngine:
@@ -98,7 +95,7 @@ class SearchEngine:
             except MediaDecodeError as exc:
                 raise InvalidArgument(str(exc)) from exc
             frames = self.encoder.embed_frames(video.frames)
-            return EncodedQuery(_unit(frames.mean(axis=0)), Modality.VIDEO)
+            return EncodedQuery(mean_unit(frames), Modality.VIDEO)
         if q.id is not None:
             point = self._get_one(q.id, field=f"{field}.id")
             if point.vector is None:
@@ -110,8 +107,7 @@ class SearchEngine:
         # A query longer than the text context is the mean of its chunks, not a silent truncation.
         chunks = self.encoder.chunk(text)
         vectors = self.encoder.embed_texts([c.text for c in chunks])
-        mean = vectors.mean(axis=0)
-        return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+        return mean_unit(vectors)
 
     def search(self, query: QueryInput | MultiQuery, params: SearchParams) -> SearchOutcome:
         """Validate the parameters (before spending time on encoding), encode, run the pipeline."""

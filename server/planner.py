@@ -13,6 +13,7 @@ import numpy as np
 
 from encoders.calibration import Calibration
 from encoders.modality import Modality
+from encoders.vectors import unit
 from indexer.filters import FilterError, FilterSpec, Match, MatchAny, validate
 from indexer.schema import StoredPoint
 from indexer.store import Stages, VectorStore
@@ -57,7 +58,7 @@ class Plan:
 
     def mean_vector(self) -> np.ndarray:
         total = sum(p.weight * p.vector for p in self.positives)
-        return _unit(np.asarray(total, dtype=np.float32))
+        return unit(np.asarray(total, dtype=np.float32))
 
 
 @dataclass
@@ -65,10 +66,6 @@ class SearchOutcome:
     modality: Modality
     hits: list[StoredPoint]
     stage_ms: dict[str, float] = field(default_factory=dict)
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
 
 def check_params(params: SearchParams, max_top_k: int) -> FilterSpec:

@@ -72,10 +72,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
             anchors = [
                 convert.query_from_proto(q, field=f"queries[{i}]") for i, q in enumerate(request.queries)
             ]
-            modalities = tuple(
-                convert.modality_from_proto(m, field=f"modalities[{i}]")
-                for i, m in enumerate(request.modalities)
-            )
+            modalities = convert.modalities_from_proto(request.modalities)
             negatives, best = self.engine.mine(
                 anchors,
                 list(request.positive_ids),

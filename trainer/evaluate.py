@@ -17,6 +17,7 @@ from encoders.encoder import Encoder
 from encoders.errors import MediaDecodeError
 from encoders.media import decode_image
 from encoders.modality import Modality
+from encoders.vectors import mean_unit
 from trainer.manifest import ItemRef, Manifest
 
 KS = (1, 5, 10)
@@ -64,8 +65,7 @@ def _embed_one(encoder: Encoder, decoder: MediaDecoder, ref: ItemRef) -> np.ndar
         return encoder.embed_images([decode_image(ref.path.read_bytes(), name=str(ref.path))])[0]
     if ref.modality == Modality.AUDIO:
         return encoder.embed_audio(decoder.audio(ref.path, name=str(ref.path)).samples).pooled
-    frames = encoder.embed_frames(decoder.video(ref.path, name=str(ref.path)).frames).mean(axis=0)
-    return (frames / max(float(np.linalg.norm(frames)), 1e-12)).astype(np.float32)
+    return mean_unit(encoder.embed_frames(decoder.video(ref.path, name=str(ref.path)).frames))
 
 
 def retrieval_metrics(queries: EvalItems, targets: EvalItems) -> dict[str, float]:
