@@ -34,7 +34,8 @@ from encoders.decode import DecodedAudio, DecodedVideo, MediaDecoder
 from encoders.encoder import Encoder
 from encoders.modality import Modality
 from indexer.edge_store import EdgeStore
-from indexer.items import ItemIndexer, ItemInput
+from indexer.inputs import ItemInput
+from indexer.items import ItemIndexer
 from indexer.media_points import VideoLayout
 from indexer.schema import CollectionSchema
 from tests.media import make_image, tone, write_audio, write_video

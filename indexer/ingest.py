@@ -20,7 +20,7 @@ from encoders.decode import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
 from encoders.errors import MediaDecodeError
 from encoders.media import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, decode_text
 from encoders.modality import Modality
-from indexer.items import ItemInput, ItemOutcome
+from indexer.inputs import ItemInput, ItemOutcome
 
 Sink = Callable[[Sequence[ItemInput]], list[ItemOutcome]]
 

@@ -25,6 +25,7 @@ from encoders.errors import EncoderError, MediaDecodeError
 from encoders.media import decode_image
 from encoders.modality import Modality
 from indexer.filters import FilterSpec, Match
+from indexer.inputs import ItemInput, ItemOutcome
 from indexer.media_points import POOLED, VideoLayout, audio_points, video_points
 from indexer.schema import PointRecord, point_id
 from indexer.store import VectorStore, matching_ids
@@ -32,26 +33,6 @@ from indexer.store import VectorStore, matching_ids
 # Client-supplied file attributes kept in the payload; anything else is ignored.
 ATTRIBUTE_KEYS = ("size", "mtime")
 _COMPARED = ("content_hash", "bundle_id", "source", "meta")
-
-
-@dataclass(frozen=True)
-class ItemInput:
-    modality: Modality
-    # text: str; image: bytes; audio / video: bytes, or a Path read by the decoder directly
-    data: bytes | str | Path
-    source: str = ""
-    id: str | None = None  # caller id; default is the content hash
-    metadata: dict[str, Any] = field(default_factory=dict)
-    attributes: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ItemOutcome:
-    ids: list[str] = field(default_factory=list)
-    media_id: str = ""
-    unchanged: bool = False
-    error: str | None = None
-    note: str | None = None  # indexed, with a caveat (e.g. a video without an audio track)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 
 from indexer.ingest import Sink
-from indexer.items import ItemInput, ItemOutcome
+from indexer.inputs import ItemInput, ItemOutcome
 from mmsearch import client as mc
 
 

@@ -9,11 +9,11 @@ from google.protobuf import json_format, struct_pb2
 
 from encoders.modality import Modality
 from indexer.filters import Condition, FilterError, FilterSpec, Match, MatchAny, Range
-from indexer.items import ItemInput
+from indexer.inputs import ItemInput
 from indexer.schema import META, StoredPoint
 from indexer.store import Stages
 from mmsearch.v1 import search_pb2 as pb
-from server.engine import MultiQuery, QueryInput
+from server.query_types import MultiQuery, QueryInput
 from server.errors import InvalidArgument
 from server.planner import DEFAULT_STAGES, SearchParams
 

@@ -21,25 +21,16 @@ from encoders.media import decode_image
 from encoders.modality import Modality
 from encoders.vectors import mean_unit
 from indexer.filters import FilterSpec, Match, payload_key
-from indexer.items import ItemIndexer, ItemInput, ItemOutcome
+from indexer.inputs import ItemInput, ItemOutcome
+from indexer.items import ItemIndexer
 from indexer.mining import MiningParams, mine_hard_negatives
 from indexer.schema import StoredPoint, StoreInfo
 from indexer.store import VectorStore, matching_ids
 from server import planner
 from server.config import ServerConfig
 from server.errors import InvalidArgument, NotFound
+from server.query_types import MultiQuery, QueryInput
 from server.planner import Plan, SearchOutcome, SearchParams, Weighted
-
-
-@dataclass(frozen=True)
-class QueryInput:
-    """One query input: exactly one of text, image / audio / video bytes, or a stored point id."""
-
-    text: str | None = None
-    image: bytes | None = None
-    id: str | None = None
-    audio: bytes | None = None
-    video: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -47,14 +38,6 @@ class EncodedQuery:
     vector: np.ndarray
     modality: Modality
     exclude_ids: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class MultiQuery:
-    """Several weighted positive inputs and optional negatives (inputs or stored ids)."""
-
-    positives: tuple[tuple[QueryInput, float], ...]
-    negatives: tuple[tuple[QueryInput, float], ...] = ()
 
 
 class SearchEngine:

@@ -5,7 +5,7 @@ import pytest
 from encoders.encoder import Encoder
 from encoders.modality import Modality
 from indexer.filters import FilterSpec, Match, Range
-from indexer.items import ItemInput
+from indexer.inputs import ItemInput
 from indexer.qdrant_store import QdrantStore
 from indexer.schema import CollectionSchema
 from server.config import ServerConfig

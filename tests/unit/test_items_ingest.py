@@ -9,7 +9,8 @@ from encoders.encoder import Encoder
 from encoders.modality import Modality
 from indexer.filters import FilterSpec, Match
 from indexer.ingest import ingest_path
-from indexer.items import ItemIndexer, ItemInput
+from indexer.inputs import ItemInput
+from indexer.items import ItemIndexer
 from indexer.schema import CollectionSchema
 from indexer.store import VectorStore
 from tests.media import TEXTS, image_bytes, write_library

@@ -10,7 +10,7 @@ import pytest
 from encoders.audio import window_bounds
 from encoders.encoder import Encoder
 from encoders.modality import Modality
-from indexer.items import ItemInput
+from indexer.inputs import ItemInput
 from indexer.schema import CollectionSchema
 from indexer.store import VectorStore
 from server.config import ServerConfig
