@@ -22,21 +22,19 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from encoders.bundle import load_bundle
-from encoders.decode import DecodedAudio, DecodedVideo, MediaDecoder
+from encoders.decode import MediaDecoder
+from encoders.embed import Decoded, Embedder
 from encoders.encoder import Encoder
 from encoders.modality import Modality
 from indexer.edge_store import EdgeStore
 from indexer.inputs import ItemInput
 from indexer.items import ItemIndexer
-from indexer.media_points import VideoLayout
 from indexer.schema import CollectionSchema
 from tests.media import make_image, tone, write_audio, write_video
 
@@ -54,17 +52,18 @@ def time_ingest(encoder: Encoder, files: list[Path], modality: Modality, workdir
     store = EdgeStore(
         Path(tempfile.mkdtemp(dir=workdir)), CollectionSchema(encoder.bundle.bundle_id, encoder.dim)
     )
-    indexer = ItemIndexer(encoder, store)
+    embedder = Embedder(encoder)
+    indexer = ItemIndexer(embedder, store)
     try:
         # Start the decoder workers (each imports decord, PyAV, torchaudio) outside the timed region.
-        indexer.decoder.start()
-        warm = indexer.decoder.audio if modality == Modality.AUDIO else indexer.decoder.video
+        embedder.decoder.start()
+        warm = embedder.decoder.audio if modality == Modality.AUDIO else embedder.decoder.video
         warm(files[0], name="warm-up")
         start = time.perf_counter()
         outcomes = indexer.index([ItemInput(modality, f, source=str(f)) for f in files])
         elapsed = time.perf_counter() - start
     finally:
-        indexer.close()
+        embedder.close()
         store.close()
     failed = [o.error for o in outcomes if o.error]
     if failed:
@@ -72,30 +71,11 @@ def time_ingest(encoder: Encoder, files: list[Path], modality: Modality, workdir
     return elapsed
 
 
-def audio_encoder_work(encoder: Encoder, decoded: list[DecodedAudio]) -> Callable[[], None]:
+def encoder_work(embedder: Embedder, decoded: Sequence[Decoded]) -> Callable[[], None]:
+    """The ceiling: the embedding path's model work on already-decoded media, nothing else."""
+
     def run() -> None:
-        for a in decoded:
-            encoder.embed_audio(a.samples)
-
-    return run
-
-
-def video_encoder_work(
-    encoder: Encoder, decoded: list[DecodedVideo], layout: VideoLayout
-) -> Callable[[], None]:
-    def run() -> None:
-        for v in decoded:
-            encoder.embed_frames(v.frames)
-            if v.audio is None:
-                continue
-            rate, seg = v.audio.sample_rate, layout.segment_seconds
-            n = int(np.ceil(v.duration / seg))
-            clips = [
-                v.audio.samples[int(k * seg * rate) : int(min((k + 1) * seg, v.duration) * rate)]
-                for k in range(n)
-            ]
-            encoder.embed_audio_clips(clips)
-            encoder.embed_audio(v.audio.samples)
+        embedder.embed_decoded(decoded)
 
     return run
 
@@ -127,16 +107,16 @@ def main() -> None:
             decoder.close()
         audio_total = sum(a.duration for a in audio_decoded)
         video_total = sum(v.duration for v in video_decoded)
-        layout = VideoLayout()
+        embedder = Embedder(encoder)
         results = {}
         for name, files, modality, total, work_fn in [
-            ("audio", audio_files, Modality.AUDIO, audio_total, audio_encoder_work(encoder, audio_decoded)),
+            ("audio", audio_files, Modality.AUDIO, audio_total, encoder_work(embedder, audio_decoded)),
             (
                 "video",
                 video_files,
                 Modality.VIDEO,
                 video_total,
-                video_encoder_work(encoder, video_decoded, layout),
+                encoder_work(embedder, video_decoded),
             ),
         ]:
             work_fn()  # warm-up

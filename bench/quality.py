@@ -30,16 +30,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+
 from encoders.bundle import load_bundle
-from encoders.decode import MediaDecoder
+from encoders.embed import Embedder
 from encoders.encoder import Encoder
 from indexer.edge_store import EdgeStore
 from indexer.ingest import ingest_path
 from indexer.schema import CollectionSchema
 from indexer.store import Stages
 from server.config import ServerConfig
-from server.engine import QueryInput, SearchEngine
+from server.context import background
 from server.planner import SearchParams
+from server.query_types import QueryInput
+from server.services import make_services
 from trainer.config import load_config
 from trainer.evaluate import EvalItems, embed_items, retrieval_metrics
 from trainer.manifest import load_manifest
@@ -48,6 +51,8 @@ from trainer.train import train
 
 CONFUSABLE = {"3/5/8": ("3", "5", "8"), "1/7": ("1", "7"), "4/9": ("4", "9")}
 CONFIG = Path(__file__).resolve().parents[1] / "trainer" / "configs" / "sample.json"
+
+CTX = background()
 
 
 def subset(items: EvalItems, groups: tuple[str, ...]) -> EvalItems:
@@ -61,12 +66,11 @@ def subset(items: EvalItems, groups: tuple[str, ...]) -> EvalItems:
 
 
 def quality(bundle_dir: Path, test_manifest: Path) -> dict[str, Any]:
-    encoder = Encoder(load_bundle(str(bundle_dir)))
-    decoder = MediaDecoder(sample_rate=encoder.audio_sample_rate)
+    embedder = Embedder(Encoder(load_bundle(str(bundle_dir))))
     try:
-        items = embed_items(encoder, decoder, load_manifest(test_manifest))
+        items = embed_items(embedder, load_manifest(test_manifest))
     finally:
-        decoder.close()
+        embedder.close()
     pairs = {f"{q}->{t}": retrieval_metrics(items[q], items[t]) for q in items for t in items if q != t}
     confusable = {
         name: {
@@ -96,10 +100,10 @@ def stage_quality(bundle_dir: Path, data: Path, workdir: Path, per_modality: int
     """Index the held-out media, then run held-out queries through each stage configuration."""
     encoder = Encoder(load_bundle(str(bundle_dir)))
     store = EdgeStore(workdir / "index", CollectionSchema(encoder.bundle.bundle_id, encoder.dim))
-    engine = SearchEngine(encoder, store, ServerConfig())
+    engine = make_services(Embedder(encoder), store, ServerConfig())
     try:
         for folder in ("images/test", "audio/test", "videos/test"):
-            ingest_path(data / folder, engine.indexer.index, progress=False)
+            ingest_path(data / folder, engine.writes.indexer.index, progress=False)
         store.optimize()
         manifest = load_manifest(data / "test.jsonl")
         queries: dict[str, tuple[QueryInput, str]] = {}
@@ -121,7 +125,7 @@ def stage_quality(bundle_dir: Path, data: Path, workdir: Path, per_modality: int
             for query, group in queries.values():
                 params = SearchParams(top_k=10, stages=stages, frames_rescore=frames)
                 t0 = time.perf_counter()
-                hits = engine.search(query, params).hits
+                hits = engine.queries.search(CTX, query, params).hits
                 ms.append((time.perf_counter() - t0) * 1e3)
                 rel = [int(_digit(h.payload) == group) for h in hits]
                 recall.append(float(any(rel)))

@@ -1,33 +1,24 @@
-"""Image and text towers of a bundle: batched, device-aware, float32 L2-normalised outputs."""
+"""A bundle's towers as batched, device-aware forward passes: float32 L2-normalised outputs.
+
+Decoding and the dispatch per modality live in encoders.embed; this is the layer under it."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
-from encoders.audio import AudioTower, window_bounds
+from encoders.audio import AudioTower
 from encoders.bundle import ModelBundle
 from encoders.errors import EncoderError
 from encoders.text import TextChunk, chunk_text
-from encoders.vectors import mean_unit
-
-
-@dataclass(frozen=True)
-class AudioEmbedding:
-    """A clip's window vectors (one per overlapping window) and their pooled vector."""
-
-    windows: list[tuple[float, float]]  # (start, end) seconds
-    vectors: np.ndarray  # (n_windows, dim)
-    pooled: np.ndarray  # (dim,)
 
 
 class Encoder:
-    """Embeds images and texts with one bundle's open_clip towers."""
+    """Embeds images, texts and audio clips with one bundle's towers."""
 
     def __init__(self, bundle: ModelBundle, batch_size: int = 64) -> None:
         if batch_size < 1:
@@ -59,10 +50,6 @@ class Encoder:
         ]
         return self._stack(out)
 
-    def embed_frames(self, frames: np.ndarray) -> np.ndarray:
-        """Video frames, uint8 (n, H, W, 3) -> (n, dim)."""
-        return self.embed_images([Image.fromarray(f) for f in frames])
-
     # -- audio ----------------------------------------------------------------------------
 
     @property
@@ -72,15 +59,6 @@ class Encoder:
     @property
     def audio_sample_rate(self) -> int:
         return self.require_audio().cfg.sample_rate
-
-    def embed_audio(self, samples: np.ndarray) -> AudioEmbedding:
-        """A mono clip at `audio_sample_rate`: one vector per overlapping window, and the
-        normalised mean of those as the clip's vector."""
-        cfg = self.require_audio().cfg
-        bounds = window_bounds(len(samples), cfg)
-        vectors = self.embed_audio_clips([samples[a:b] for a, b in bounds])
-        windows = [(a / cfg.sample_rate, b / cfg.sample_rate) for a, b in bounds]
-        return AudioEmbedding(windows, vectors, mean_unit(vectors))
 
     def embed_audio_clips(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         """Each clip as one window -> (n, dim). Clips of equal length share a forward pass."""

@@ -1,115 +1,105 @@
-"""Points for time-based media: audio windows and video segments, plus a pooled point per file.
+"""Point records of one embedded item: text chunks, an image, audio windows, video segments.
 
-Audio: one point per overlapping window of the audio tower, and a pooled point for the whole clip.
-Video: fixed-length segments; each segment's visual point carries its frame vectors (multivector,
-re-scored with MAX_SIM) and their normalised mean as its dense vector, and its audio point the audio
-tower's vector for that stretch of the track. One pooled point per track covers the whole video.
+Text: one point per chunk. Image: one point. Audio: one point per overlapping window of the audio
+tower, and a pooled point for the whole clip. Video: fixed-length segments; each segment's visual
+point carries its frame vectors (multivector, re-scored with MAX_SIM) and their normalised mean as
+its dense vector, and its audio point the audio tower's vector for that stretch of the track. One
+pooled point per track covers the whole video.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
-from encoders.decode import DecodedAudio, DecodedVideo
-from encoders.encoder import Encoder
+from encoders.embed import AudioEmbedding, Embedding, ImageEmbedding, TextEmbedding, VideoEmbedding
 from encoders.vectors import mean_unit
-from indexer.schema import PointRecord, point_id
+from indexer.schema import AUDIO_TRACK, VISUAL_TRACK, PointPayload, PointRecord, point_id
 
-AUDIO = "audio"
-VISUAL = "visual"
 POOLED = "pooled"  # the sentinel segment key: present once a media file is fully indexed
+# segment -> point id within one item's key and namespace
+_Ids = Callable[[int | str], str]
 
 
-@dataclass(frozen=True)
-class VideoLayout:
-    segment_seconds: float = 5.0
+def sentinel_segment(timed: bool) -> int | str:
+    """The segment whose point marks a media file as fully indexed."""
+    return POOLED if timed else 0
 
 
-def audio_points(key: str, base: dict[str, Any], audio: DecodedAudio, encoder: Encoder) -> list[PointRecord]:
-    emb = encoder.embed_audio(audio.samples)
+def item_points(
+    key: str, base: PointPayload, emb: Embedding, namespace: str
+) -> tuple[list[PointRecord], str | None]:
+    """The item's points, and a note when part of it could not be indexed (else None)."""
+
+    def pid(segment: int | str) -> str:
+        return point_id(key, segment, namespace)
+
+    if isinstance(emb, TextEmbedding):
+        n = len(emb.chunks)
+        return [
+            _record(
+                pid(c.index),
+                v,
+                replace(base, segment=c.index, segments=n, text=c.text, char_start=c.start, char_end=c.end),
+            )
+            for c, v in zip(emb.chunks, emb.vectors, strict=True)
+        ], None
+    if isinstance(emb, ImageEmbedding):
+        return [_record(pid(0), emb.pooled, replace(base, width=emb.width, height=emb.height))], None
+    if isinstance(emb, AudioEmbedding):
+        return audio_points(pid, base, emb), None
+    return video_points(pid, base, emb), emb.note
+
+
+def audio_points(pid: _Ids, base: PointPayload, emb: AudioEmbedding) -> list[PointRecord]:
     n = len(emb.windows)
+    audio = replace(base, track=AUDIO_TRACK, segments=n)
     points = [
-        PointRecord(
-            point_id(key, f"a{k}"),
-            emb.vectors[k],
-            {
-                **base,
-                "track": AUDIO,
-                "segment": k,
-                "segments": n,
-                "t_start": t0,
-                "t_end": t1,
-                "pooled": False,
-            },
+        _record(
+            pid(POOLED), emb.pooled, replace(audio, segment=0, t_start=0.0, t_end=emb.duration, pooled=True)
         )
+    ]
+    points += [
+        _record(pid(f"a{k}"), emb.vectors[k], replace(audio, segment=k, t_start=t0, t_end=t1, pooled=False))
         for k, (t0, t1) in enumerate(emb.windows)
     ]
-    pooled = {**base, "track": AUDIO, "segment": 0, "segments": n, "t_start": 0.0, "t_end": audio.duration}
-    points.insert(0, PointRecord(point_id(key, POOLED), emb.pooled, {**pooled, "pooled": True}))
     return points
 
 
-def video_points(
-    key: str, base: dict[str, Any], video: DecodedVideo, encoder: Encoder, layout: VideoLayout
-) -> tuple[list[PointRecord], str | None]:
-    """The video's points, and a note when its audio track could not be used (else None)."""
-    frame_vecs = encoder.embed_frames(video.frames)
-    seg = layout.segment_seconds
-    n_segments = max(1, math.ceil(video.duration / seg))
-    base = {**base, "duration": video.duration}
-    points = [
-        PointRecord(
-            point_id(key, POOLED),
-            mean_unit(frame_vecs),
-            {
-                **base,
-                "track": VISUAL,
-                "segment": 0,
-                "segments": n_segments,
-                "t_start": 0.0,
-                "t_end": video.duration,
-            }
-            | {"pooled": True},
-        )
-    ]
+def video_points(pid: _Ids, base: PointPayload, emb: VideoEmbedding) -> list[PointRecord]:
+    seg = emb.segment_seconds
+    n_segments = max(1, math.ceil(emb.duration / seg))
+    video = replace(base, duration=emb.duration, segments=n_segments)
+    visual = replace(video, track=VISUAL_TRACK)
+    points = [_record(pid(POOLED), emb.pooled, _whole(visual, emb.duration))]
     for k in range(n_segments):
-        t0, t1 = k * seg, min((k + 1) * seg, video.duration)
-        in_seg = (video.times >= t0) & (video.times < t1)
+        t0, t1 = k * seg, min((k + 1) * seg, emb.duration)
+        in_seg = (emb.frame_times >= t0) & (emb.frame_times < t1)
         if not in_seg.any():  # frames were spread thinner than one per segment (frame cap)
             continue
-        frames = frame_vecs[in_seg]
-        payload = {**base, "track": VISUAL, "segment": k, "segments": n_segments, "t_start": t0, "t_end": t1}
-        payload |= {"pooled": False, "frame_times": [round(float(t), 3) for t in video.times[in_seg]]}
-        points.append(PointRecord(point_id(key, f"v{k}"), mean_unit(frames), payload, frames=frames))
+        frames = emb.frame_vectors[in_seg]
+        times = [round(float(t), 3) for t in emb.frame_times[in_seg]]
+        payload = replace(visual, segment=k, t_start=t0, t_end=t1, pooled=False, frame_times=times)
+        points.append(_record(pid(f"v{k}"), mean_unit(frames), payload, frames=frames))
+    if emb.audio_pooled is None:
+        return points
+    audio = replace(video, track=AUDIO_TRACK)
+    for (k, t0, t1), vec in zip(emb.audio_segments, emb.audio_vectors, strict=True):
+        points.append(
+            _record(pid(f"a{k}"), vec, replace(audio, segment=k, t_start=t0, t_end=t1, pooled=False))
+        )
+    points.append(_record(pid(f"{POOLED}-audio"), emb.audio_pooled, _whole(audio, emb.duration)))
+    return points
 
-    if video.audio is None:
-        return points, "no audio track"
-    if not encoder.has_audio:
-        return points, "bundle has no audio tower; audio track not indexed"
-    samples, rate = video.audio.samples, video.audio.sample_rate
-    clips, bounds = [], []
-    for k in range(n_segments):
-        t0, t1 = k * seg, min((k + 1) * seg, video.duration)
-        clip = samples[int(t0 * rate) : int(t1 * rate)]
-        if len(clip) >= rate // 10:  # under 0.1 s of sound carries nothing to embed
-            clips.append(clip)
-            bounds.append((k, t0, t1))
-    vectors = encoder.embed_audio_clips(clips) if clips else np.zeros((0, encoder.dim), dtype=np.float32)
-    for (k, t0, t1), vec in zip(bounds, vectors, strict=True):
-        payload = {**base, "track": AUDIO, "segment": k, "segments": n_segments, "t_start": t0, "t_end": t1}
-        points.append(PointRecord(point_id(key, f"a{k}"), vec, payload | {"pooled": False}))
-    pooled_audio = encoder.embed_audio(samples).pooled
-    payload = {
-        **base,
-        "track": AUDIO,
-        "segment": 0,
-        "segments": n_segments,
-        "t_start": 0.0,
-        "t_end": video.duration,
-    }
-    points.append(PointRecord(point_id(key, f"{POOLED}-audio"), pooled_audio, payload | {"pooled": True}))
-    return points, None
+
+def _whole(payload: PointPayload, duration: float) -> PointPayload:
+    return replace(payload, segment=0, t_start=0.0, t_end=duration, pooled=True)
+
+
+def _record(
+    pid: str, vector: np.ndarray, payload: PointPayload, frames: np.ndarray | None = None
+) -> PointRecord:
+    return PointRecord(pid, vector, payload.to_dict(), frames=frames)

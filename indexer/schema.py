@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -14,32 +15,47 @@ FRAMES = "frames"  # per-frame vectors of a video segment (multivector, MAX_SIM)
 DEFAULT_COLLECTION = "mmsearch"
 SCHEMA_VERSION = 1
 
-# Payload fields written by the system; anything else a filter names is user metadata under META.
-META = "meta"
-SYSTEM_FIELDS = frozenset(
-    {
-        "modality",
-        "source",
-        "content_hash",
-        "media_id",
-        "segment",
-        "t_start",
-        "t_end",
-        "tenant",
-        "bundle_id",
-        "text",
-        "size",
-        "mtime",
-        "width",
-        "height",
-        "external_id",
-        "track",
-        "pooled",
-        "duration",
-    }
-)
+
+class Key(StrEnum):
+    """Every payload key the system writes: the one place they are spelled. PointPayload's
+    fields carry the same names (a unit test holds the two together)."""
+
+    MODALITY = "modality"
+    SOURCE = "source"
+    CONTENT_HASH = "content_hash"
+    MEDIA_ID = "media_id"
+    BUNDLE_ID = "bundle_id"
+    META = "meta"
+    TENANT = "tenant"
+    EXTERNAL_ID = "external_id"
+    SIZE = "size"
+    MTIME = "mtime"
+    SEGMENT = "segment"
+    SEGMENTS = "segments"
+    TEXT = "text"
+    CHAR_START = "char_start"
+    CHAR_END = "char_end"
+    WIDTH = "width"
+    HEIGHT = "height"
+    TRACK = "track"
+    T_START = "t_start"
+    T_END = "t_end"
+    POOLED = "pooled"
+    DURATION = "duration"
+    FRAME_TIMES = "frame_times"
+    POINT_IDS = "point_ids"
+
+
+# User metadata lives under META; a filter key that is not a system field is read there.
+META = Key.META.value
+SYSTEM_FIELDS = frozenset(k.value for k in Key if k is not Key.META)
 # Keyword fields that get a payload index: the common filter keys.
-KEYWORD_INDEXES = ("modality", "media_id", "content_hash", "tenant", "external_id")
+KEYWORD_INDEXES = (Key.MODALITY, Key.MEDIA_ID, Key.CONTENT_HASH, Key.TENANT, Key.EXTERNAL_ID)
+# Tracks of time-based media.
+AUDIO_TRACK = "audio"
+VISUAL_TRACK = "visual"
+# Ids are derived within a namespace, so identical files of two tenants never share a point.
+DEFAULT_NAMESPACE = "default"
 
 # Namespace for ids derived from names (caller ids, content hashes); any fixed UUID works.
 _ID_NAMESPACE = uuid.UUID("6b1f0a8e-2c5d-4e0f-9a51-3d7c2b8e4f10")
@@ -90,12 +106,15 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def point_id(key: str, segment: int | str = 0) -> str:
-    """Deterministic point id (a UUID string, as Qdrant requires) for a key and segment index.
+def point_id(key: str, segment: int | str = 0, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """Deterministic point id (a UUID string, as Qdrant requires) for (namespace, key, segment),
+    where the key is a content hash or a caller id.
 
-    Same content (or caller id) and segment -> same id, so writing it again replaces instead of
-    adding."""
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{key}#{segment}"))
+    Same namespace, content and segment -> same id, so writing it again replaces instead of
+    adding; another namespace never collides."""
+    # The default namespace keeps the ids of indexes built before namespaces existed.
+    name = f"{key}#{segment}" if namespace == DEFAULT_NAMESPACE else f"{namespace}/{key}#{segment}"
+    return str(uuid.uuid5(_ID_NAMESPACE, name))
 
 
 def normalize_id(raw: str) -> str:
@@ -117,3 +136,58 @@ def named_vectors(p: PointRecord) -> dict[str, Any]:
     if p.frames is not None:
         out[FRAMES] = p.frames.astype(np.float32).tolist()
     return out
+
+
+@dataclass
+class PointPayload:
+    """The stored payload of a point, typed. The only code that maps to and from the payload
+    dict the stores hold; unset optional fields are left out of it."""
+
+    modality: str
+    source: str
+    content_hash: str
+    media_id: str
+    bundle_id: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    tenant: str | None = None  # set outside the default namespace
+    external_id: str | None = None  # the caller's id for the item
+    size: float | None = None
+    mtime: float | None = None
+    segment: int = 0
+    segments: int = 1
+    # text chunks
+    text: str | None = None
+    char_start: int | None = None
+    char_end: int | None = None
+    # images
+    width: int | None = None
+    height: int | None = None
+    # time-based media
+    track: str | None = None
+    t_start: float | None = None
+    t_end: float | None = None
+    pooled: bool | None = None  # the whole file rather than one window / segment
+    duration: float | None = None
+    frame_times: list[float] | None = None
+    # on the media's sentinel point: every point of the media, so a re-ingest needs no scan
+    point_ids: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PointPayload:
+        """Read a stored payload; keys this version does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        for required in (Key.MODALITY, Key.SOURCE, Key.CONTENT_HASH, Key.MEDIA_ID, Key.BUNDLE_ID):
+            values.setdefault(required.value, "")
+        return cls(**values)
+
+
+def payload_value(payload: dict[str, Any], key: str) -> Any:
+    """The value at a dotted payload path (``meta.label``), or None."""
+    value: Any = payload
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value

@@ -148,10 +148,10 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_engine(args: argparse.Namespace) -> Any:
-    from server.app import build_engine
+def _local_services(args: argparse.Namespace) -> Any:
+    from server.services import build_services
 
-    return build_engine(server_config(args))
+    return build_services(server_config(args))
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -164,14 +164,14 @@ def _ingest(args: argparse.Namespace) -> int:
                 args.path, remote_sink(client), batch_items=args.batch_size, progress=progress
             )
     else:
-        engine = _local_engine(args)
+        services = _local_services(args)
         try:
             summary = ingest_path(
-                args.path, engine.indexer.index, batch_items=args.batch_size, progress=progress
+                args.path, services.writes.indexer.index, batch_items=args.batch_size, progress=progress
             )
-            engine.store.optimize()
+            services.store.optimize()
         finally:
-            engine.close()
+            services.close()
     if args.json:
         print(json.dumps(summary.to_json()))
     else:
@@ -256,14 +256,15 @@ def _mine(args: argparse.Namespace) -> int:
 
 def _local_search(args: argparse.Namespace, request: mc.pb.SearchRequest) -> list[dict[str, Any]]:
     from server import convert
+    from server.context import background
 
-    engine = _local_engine(args)
+    services = _local_services(args)
     try:
         query = convert.search_query_from_proto(request)
-        outcome = engine.search(query, convert.search_params_from_proto(request))
+        outcome = services.queries.search(background(), query, convert.search_params_from_proto(request))
         return [mc.hit_to_dict(convert.hit_to_proto(h)) for h in outcome.hits]
     finally:
-        engine.close()
+        services.close()
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -279,15 +280,17 @@ def _stats(args: argparse.Namespace) -> int:
             "store": s.store,
         }
     else:
-        engine = _local_engine(args)
+        from server.context import background
+
+        services = _local_services(args)
         try:
-            info = engine.stats()
+            info = services.queries.stats(background())
         finally:
-            engine.close()
+            services.close()
         out = {
             "points": info.points,
             "bundle_id": info.schema.bundle_id,
-            "bundle": engine.encoder.bundle.spec.name,
+            "bundle": services.embedder.encoder.bundle.spec.name,
             "dim": info.schema.dim,
             "by_modality": info.by_modality,
             "store": info.kind,

@@ -135,17 +135,16 @@ def evaluate_bundle(
     """The eval table; with `calibrate`, also fit per-pair score calibration on the manifest and
     write it into the bundle directory (the server reads it)."""
     from encoders.bundle import load_bundle
-    from encoders.decode import MediaDecoder
+    from encoders.embed import Embedder
     from encoders.encoder import Encoder
     from trainer.evaluate import evaluate
     from trainer.manifest import load_manifest
 
-    encoder = Encoder(load_bundle(bundle, device))
-    decoder = MediaDecoder(sample_rate=encoder.audio_sample_rate if encoder.has_audio else 16_000)
+    embedder = Embedder(Encoder(load_bundle(bundle, device)))
     try:
-        pairs, calibration = evaluate(encoder, decoder, load_manifest(manifest))
+        pairs, calibration = evaluate(embedder, load_manifest(manifest))
     finally:
-        decoder.close()
+        embedder.close()
     if calibrate:
         calibration.save(Path(bundle))
     return pairs

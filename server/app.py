@@ -13,34 +13,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from encoders.bundle import load_bundle
-from encoders.encoder import Encoder
-from indexer.open import open_store
-from indexer.schema import CollectionSchema
 from mmsearch.v1 import search_pb2 as pb
 from mmsearch.v1 import search_pb2_grpc as pb_grpc
 from server.config import ServerConfig
-from server.engine import SearchEngine
 from server.interceptors import RequestIdInterceptor
+from server.logs import install_request_ids
 from server.service import SearchService
+from server.services import Services, build_services
 
 log = logging.getLogger("mmsearch.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
-
-
-def build_engine(config: ServerConfig) -> SearchEngine:
-    """Load the bundle and open the store. Raises BundleError / StoreError with what to do."""
-    bundle = load_bundle(config.bundle, config.device)
-    store = open_store(
-        CollectionSchema(bundle_id=bundle.bundle_id, dim=bundle.embed_dim),
-        data_dir=config.data_dir,
-        qdrant_url=config.qdrant_url,
-        api_key=config.qdrant_api_key,
-        collection=config.collection,
-        shards=config.qdrant_shards,
-        replication=config.qdrant_replication,
-    )
-    return SearchEngine(Encoder(bundle), store, config)
 
 
 @dataclass
@@ -50,13 +32,13 @@ class RunningServer:
     port: int
 
 
-async def start_server(engine: SearchEngine, config: ServerConfig) -> RunningServer:
+async def start_server(services: Services, config: ServerConfig) -> RunningServer:
     limit = config.max_message_bytes
     server = grpc.aio.server(
         interceptors=[RequestIdInterceptor()],
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
     )
-    pb_grpc.add_SearchServiceServicer_to_server(SearchService(engine), server)
+    pb_grpc.add_SearchServiceServicer_to_server(SearchService(services), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -72,7 +54,7 @@ async def start_server(engine: SearchEngine, config: ServerConfig) -> RunningSer
     return RunningServer(server, health_servicer, port)
 
 
-async def _optimize_loop(engine: SearchEngine, interval: float, stop: asyncio.Event) -> None:
+async def _optimize_loop(services: Services, interval: float, stop: asyncio.Event) -> None:
     # The embedded engine builds HNSW only when asked; do it in the background after writes.
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
@@ -80,27 +62,28 @@ async def _optimize_loop(engine: SearchEngine, interval: float, stop: asyncio.Ev
         if stop.is_set():
             return
         try:
-            await asyncio.to_thread(engine.optimize_if_dirty)
+            await asyncio.to_thread(services.writes.optimize_if_dirty)
         except Exception:  # a failed index build must not stop the server; queries still work unindexed
             log.exception("background optimize failed")
 
 
 async def serve(config: ServerConfig, *, on_ready: Callable[[int], None] | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain in-flight calls for `grace_seconds`."""
-    engine = build_engine(config)
+    install_request_ids()
+    services = build_services(config)
     try:
-        running = await start_server(engine, config)
+        running = await start_server(services, config)
         if on_ready is not None:
             on_ready(running.port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        optimizer = asyncio.create_task(_optimize_loop(engine, config.optimize_interval_seconds, stop))
+        optimizer = asyncio.create_task(_optimize_loop(services, config.optimize_interval_seconds, stop))
         await stop.wait()
         log.info("shutting down: draining in-flight calls for up to %.0f s", config.grace_seconds)
         await running.health.enter_graceful_shutdown()
         await running.server.stop(config.grace_seconds)
         await optimizer
     finally:
-        engine.close()
+        services.close()

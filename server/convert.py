@@ -1,4 +1,4 @@
-"""Pure conversions between protobuf messages and the engine's types (no I/O, no state)."""
+"""Pure conversions between protobuf messages and the services' types (no I/O, no state)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from indexer.inputs import ItemInput
 from indexer.schema import META, StoredPoint
 from indexer.store import Stages
 from mmsearch.v1 import search_pb2 as pb
-from server.query_types import MultiQuery, QueryInput
 from server.errors import InvalidArgument
 from server.planner import DEFAULT_STAGES, SearchParams
+from server.query_types import MultiQuery, QueryInput
 
 _TO_PROTO = {
     Modality.TEXT: pb.MODALITY_TEXT,

@@ -27,3 +27,11 @@ class ResourceExhausted(RequestError):
 
 class FailedPrecondition(RequestError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class DeadlineExceeded(RequestError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(RequestError):
+    code = grpc.StatusCode.CANCELLED

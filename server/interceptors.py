@@ -10,6 +10,8 @@ from typing import Any
 
 import grpc
 
+from server.context import request_id_var
+
 log = logging.getLogger("mmsearch.access")
 REQUEST_ID = "x-request-id"
 
@@ -32,6 +34,8 @@ class RequestIdInterceptor(grpc.aio.ServerInterceptor):
         method = details.method
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            # Every log line of the call carries the id (server.logs), the servicer's included.
+            request_id_var.set(request_id)
             start = time.perf_counter()
             await context.send_initial_metadata(((REQUEST_ID, request_id),))
             code = "OK"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -101,13 +101,23 @@ def check_weight(weight: float, field: str) -> float:
 
 
 def run(
-    store: VectorStore, plan: Plan, params: SearchParams, spec: FilterSpec, calibration: Calibration
+    store: VectorStore,
+    plan: Plan,
+    params: SearchParams,
+    spec: FilterSpec,
+    calibration: Calibration,
+    *,
+    check: Callable[[], None] | None = None,
 ) -> SearchOutcome:
+    """Candidates, calibration, thresholds and grouping. `check` runs before each store round
+    and raises to stop (a passed deadline)."""
     outcome = SearchOutcome(plan.modality, [])
     wants_video = not params.modalities or Modality.VIDEO in params.modalities
     limit = params.top_k * params.group_size * 3 + 10
     grouped: list[StoredPoint] = []
     for _ in range(4):  # widen the candidate pool until top_k media are filled or none are left
+        if check is not None:
+            check()
         t0 = time.perf_counter()
         hits = _candidates(store, plan, params, spec, limit, wants_video)
         outcome.stage_ms["search"] = outcome.stage_ms.get("search", 0.0) + (time.perf_counter() - t0) * 1e3

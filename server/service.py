@@ -1,4 +1,5 @@
-"""The gRPC servicer: a thin shell that converts messages and runs the engine off the event loop."""
+"""The gRPC servicer: a thin shell. It converts messages, builds the RequestContext, and runs the
+services off the event loop; nothing below it reads gRPC objects."""
 
 from __future__ import annotations
 
@@ -14,23 +15,34 @@ from indexer.store import BundleMismatchError, StoreError
 from mmsearch.v1 import search_pb2 as pb
 from mmsearch.v1 import search_pb2_grpc as pb_grpc
 from server import convert
-from server.engine import SearchEngine
+from server.context import RequestContext, request_id_var
 from server.errors import RequestError
 from server.planner import SearchOutcome
+from server.services import Services
 
 log = logging.getLogger("mmsearch.server")
 T = TypeVar("T")
 
 
 class SearchService(pb_grpc.SearchServiceServicer):
-    def __init__(self, engine: SearchEngine) -> None:
-        self.engine = engine
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.queries = services.queries
+        self.writes = services.writes
 
-    async def _run(self, context: grpc.aio.ServicerContext, method: str, fn: Callable[[], T]) -> T:
+    async def _run(
+        self, context: grpc.aio.ServicerContext, method: str, fn: Callable[[RequestContext], T]
+    ) -> T:
+        ctx = RequestContext.with_timeout(
+            context.time_remaining(), request_id=request_id_var.get(), method=method
+        )
         start = time.perf_counter()
         try:
             # Encoding and store calls block; run them on worker threads so the loop keeps serving.
-            result = await asyncio.to_thread(fn)
+            result = await asyncio.to_thread(fn, ctx)
+        except asyncio.CancelledError:
+            ctx.cancel()  # the client went away: the worker thread stops at its next check
+            raise
         except RequestError as exc:
             log.info("%s -> %s: %s", method, exc.code.name, exc.message)
             await _abort(context, exc.code, exc.message)
@@ -48,19 +60,19 @@ class SearchService(pb_grpc.SearchServiceServicer):
         return result
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
-        def run() -> pb.SearchResponse:
+        def run(ctx: RequestContext) -> pb.SearchResponse:
             query = convert.search_query_from_proto(request)
-            return self._response(self.engine.search(query, convert.search_params_from_proto(request)))
+            return self._response(self.queries.search(ctx, query, convert.search_params_from_proto(request)))
 
         return await self._run(context, "Search", run)
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb.SearchResponse:
-        def run() -> pb.SearchResponse:
+        def run(ctx: RequestContext) -> pb.SearchResponse:
             params = convert.search_params_from_proto(request)
             return self._response(
-                self.engine.recommend(list(request.positive_ids), list(request.negative_ids), params)
+                self.queries.recommend(ctx, list(request.positive_ids), list(request.negative_ids), params)
             )
 
         return await self._run(context, "Recommend", run)
@@ -68,12 +80,13 @@ class SearchService(pb_grpc.SearchServiceServicer):
     async def MineHardNegatives(
         self, request: pb.MineRequest, context: grpc.aio.ServicerContext
     ) -> pb.MineResponse:
-        def run() -> pb.MineResponse:
+        def run(ctx: RequestContext) -> pb.MineResponse:
             anchors = [
                 convert.query_from_proto(q, field=f"queries[{i}]") for i, q in enumerate(request.queries)
             ]
             modalities = convert.modalities_from_proto(request.modalities)
-            negatives, best = self.engine.mine(
+            negatives, best = self.services.mining.mine(
+                ctx,
                 anchors,
                 list(request.positive_ids),
                 k=request.k or 10,
@@ -95,30 +108,30 @@ class SearchService(pb_grpc.SearchServiceServicer):
     def _response(self, outcome: SearchOutcome) -> pb.SearchResponse:
         return pb.SearchResponse(
             hits=[convert.hit_to_proto(h) for h in outcome.hits],
-            bundle_id=self.engine.bundle_id,
+            bundle_id=self.services.bundle_id,
             query_modality=convert.modality_to_proto(outcome.modality),
             stage_ms={k: round(v, 3) for k, v in outcome.stage_ms.items()},
         )
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
-        def run() -> pb.EmbedResponse:
+        def run(ctx: RequestContext) -> pb.EmbedResponse:
             inputs = [convert.query_from_proto(q, field=f"inputs[{i}]") for i, q in enumerate(request.inputs)]
-            encoded = self.engine.embed(inputs)
+            encoded = self.queries.embed(ctx, inputs)
             return pb.EmbedResponse(
                 embeddings=[
                     pb.Embedding(vector=e.vector.tolist(), modality=convert.modality_to_proto(e.modality))
                     for e in encoded
                 ],
-                bundle_id=self.engine.bundle_id,
-                dim=self.engine.encoder.dim,
+                bundle_id=self.services.bundle_id,
+                dim=self.services.embedder.dim,
             )
 
         return await self._run(context, "Embed", run)
 
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
-        def run() -> pb.UpsertResponse:
+        def run(ctx: RequestContext) -> pb.UpsertResponse:
             items = [convert.item_from_proto(item, i) for i, item in enumerate(request.items)]
-            outcomes = self.engine.upsert(items)
+            outcomes = self.writes.upsert(ctx, items)
             results = [
                 pb.ItemResult(
                     index=i,
@@ -137,8 +150,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
         return await self._run(context, "Upsert", run)
 
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
-        def run() -> pb.GetResponse:
-            points = self.engine.get(list(request.ids), with_vectors=request.with_vectors)
+        def run(ctx: RequestContext) -> pb.GetResponse:
+            points = self.queries.get(ctx, list(request.ids), with_vectors=request.with_vectors)
             return pb.GetResponse(
                 points=[
                     pb.StoredPoint(
@@ -153,21 +166,21 @@ class SearchService(pb_grpc.SearchServiceServicer):
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
         return await self._run(
-            context, "Delete", lambda: pb.DeleteResponse(deleted=self.engine.delete(request.ids))
+            context, "Delete", lambda ctx: pb.DeleteResponse(deleted=self.writes.delete(ctx, request.ids))
         )
 
     async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsResponse:
-        def run() -> pb.StatsResponse:
-            info = self.engine.stats()
+        def run(ctx: RequestContext) -> pb.StatsResponse:
+            info = self.queries.stats(ctx)
             return pb.StatsResponse(
                 points=info.points,
                 bundle_id=info.schema.bundle_id,
-                bundle_name=self.engine.encoder.bundle.spec.name,
+                bundle_name=self.services.embedder.encoder.bundle.spec.name,
                 dim=info.schema.dim,
                 by_modality=info.by_modality,
                 store=info.kind,
-                max_top_k=self.engine.config.max_top_k,
-                audio=self.engine.encoder.has_audio,
+                max_top_k=self.services.config.max_top_k,
+                audio=self.services.embedder.encoder.has_audio,
             )
 
         return await self._run(context, "Stats", run)

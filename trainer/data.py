@@ -1,40 +1,27 @@
-"""Turning manifest items into model inputs, decoded once and cached for the run."""
+"""Manifest items decoded once for the run, through the one embedding path's decode step."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
-import numpy as np
-import torch
-from PIL import Image
-
-from encoders.bundle import ModelBundle
-from encoders.decode import MediaDecoder
-from encoders.errors import MediaDecodeError
-from encoders.media import decode_image
-from encoders.modality import Modality
+from encoders.embed import Decoded, Embedder, Failure
+from encoders.inputs import EmbedInput, TextInput, input_for
 from trainer.manifest import ItemRef
 
 
-@dataclass
-class Decoded:
-    """One item ready for its tower: pixels, tokens, samples, or video frames."""
-
-    ref: ItemRef
-    image: Image.Image | None = None  # decoded RGB; preprocessed (and augmented) per step
-    tokens: torch.Tensor | None = None  # (context,)
-    samples: np.ndarray | None = None  # mono float32 at the audio tower's rate
-    frames: list[Image.Image] | None = None
+def embed_input(ref: ItemRef) -> EmbedInput:
+    """The embedding path's input for a manifest item."""
+    if ref.path is None:
+        return TextInput(ref.text or "", name=f"text {ref.text!r:.60}")
+    return input_for(ref.modality, ref.path, str(ref.path))
 
 
 class ItemCache:
-    """Decodes each item once (audio and video in the isolated decoder workers)."""
+    """Decodes each item once: text chunked, images decoded, audio and video in the isolated
+    decoder workers; the towers run on the decoded items every step."""
 
-    def __init__(self, bundle: ModelBundle, decoder: MediaDecoder) -> None:
-        self.bundle = bundle
-        self.decoder = decoder
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
         self._items: dict[str, Decoded] = {}
         self.failures: dict[str, str] = {}
 
@@ -47,28 +34,9 @@ class ItemCache:
     def load(self, refs: Iterable[ItemRef]) -> None:
         """Decode every item not decoded yet; failures are recorded in `failures`, not raised."""
         todo = {r.key: r for r in refs if r.key not in self._items and r.key not in self.failures}
-        texts = [r for r in todo.values() if r.modality == Modality.TEXT]
-        if texts:
-            tokens = self.bundle.tokenizer([r.text for r in texts])
-            for r, t in zip(texts, tokens, strict=True):
-                self._items[r.key] = Decoded(r, tokens=t)
-        media = [r for r in todo.values() if r.modality != Modality.TEXT]
-        with ThreadPoolExecutor(max_workers=self.decoder.workers) as pool:
-            for ref, result in zip(media, pool.map(self._decode, media), strict=True):
-                if isinstance(result, str):
-                    self.failures[ref.key] = result
-                else:
-                    self._items[ref.key] = result
-
-    def _decode(self, ref: ItemRef) -> Decoded | str:
-        assert ref.path is not None
-        name = str(ref.path)
-        try:
-            if ref.modality == Modality.IMAGE:
-                return Decoded(ref, image=decode_image(ref.path.read_bytes(), name=name))
-            if ref.modality == Modality.AUDIO:
-                return Decoded(ref, samples=self.decoder.audio(ref.path, name=name).samples)
-            video = self.decoder.video(ref.path, name=name)
-            return Decoded(ref, frames=[Image.fromarray(f) for f in video.frames])
-        except (MediaDecodeError, OSError) as exc:
-            return str(exc)
+        decoded = self.embedder.decode([embed_input(r) for r in todo.values()])
+        for key, d in zip(todo, decoded, strict=True):
+            if isinstance(d, Failure):
+                self.failures[key] = d.error
+            else:
+                self._items[key] = d

@@ -1,7 +1,7 @@
 """Retrieval quality of a bundle on a manifest: Recall@1/5/10 and mAP per (query -> target) pair.
 
-Every item of the manifest is embedded the way the service embeds it (images and text by their
-towers, audio as the mean of its windows, video as the mean of its frames). Relevance is
+Every item of the manifest is embedded by the service's own embedding path (encoders.embed):
+long text as the mean of its chunks, audio as the mean of its windows, video of its frames. Relevance is
 class-level: a target is relevant to a query when both carry the same `group`.
 """
 
@@ -12,12 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from encoders.calibration import Calibration, fit_platt
-from encoders.decode import MediaDecoder
-from encoders.encoder import Encoder
-from encoders.errors import MediaDecodeError
-from encoders.media import decode_image
+from encoders.embed import Embedder, Failure
 from encoders.modality import Modality
-from encoders.vectors import mean_unit
+from trainer.data import embed_input
 from trainer.manifest import ItemRef, Manifest
 
 KS = (1, 5, 10)
@@ -40,32 +37,26 @@ def collect_items(manifest: Manifest) -> dict[Modality, dict[str, tuple[ItemRef,
     return out
 
 
-def embed_items(encoder: Encoder, decoder: MediaDecoder, manifest: Manifest) -> dict[Modality, EvalItems]:
+def embed_items(embedder: Embedder, manifest: Manifest) -> dict[Modality, EvalItems]:
+    """Every item's vector, through the same embedding path as the service (one batched pass)."""
     result: dict[Modality, EvalItems] = {}
     for modality, items in collect_items(manifest).items():
-        keys, groups, vectors = [], [], []
-        for key, (ref, group) in items.items():
-            try:
-                vec = _embed_one(encoder, decoder, ref)
-            except MediaDecodeError:
-                continue  # a file that cannot be decoded is left out of the evaluation
-            keys.append(key)
-            groups.append(group)
-            vectors.append(vec)
-        if keys:
-            result[modality] = EvalItems(modality, keys, np.array(groups), np.stack(vectors))
+        refs = list(items.values())
+        embedded = embedder.embed([embed_input(ref) for ref, _ in refs], video_audio=False)
+        # A file that cannot be decoded is left out of the evaluation.
+        kept = [
+            (key, group, e)
+            for key, (_, group), e in zip(items, refs, embedded, strict=True)
+            if not isinstance(e, Failure)
+        ]
+        if kept:
+            result[modality] = EvalItems(
+                modality,
+                [k for k, _, _ in kept],
+                np.array([g for _, g, _ in kept]),
+                np.stack([e.pooled for _, _, e in kept]),
+            )
     return result
-
-
-def _embed_one(encoder: Encoder, decoder: MediaDecoder, ref: ItemRef) -> np.ndarray:
-    if ref.modality == Modality.TEXT:
-        return encoder.embed_texts([ref.text or ""])[0]
-    assert ref.path is not None
-    if ref.modality == Modality.IMAGE:
-        return encoder.embed_images([decode_image(ref.path.read_bytes(), name=str(ref.path))])[0]
-    if ref.modality == Modality.AUDIO:
-        return encoder.embed_audio(decoder.audio(ref.path, name=str(ref.path)).samples).pooled
-    return mean_unit(encoder.embed_frames(decoder.video(ref.path, name=str(ref.path)).frames))
 
 
 def retrieval_metrics(queries: EvalItems, targets: EvalItems) -> dict[str, float]:
@@ -81,12 +72,10 @@ def retrieval_metrics(queries: EvalItems, targets: EvalItems) -> dict[str, float
     return {k: round(v, 4) for k, v in out.items()}
 
 
-def evaluate(
-    encoder: Encoder, decoder: MediaDecoder, manifest: Manifest
-) -> tuple[dict[str, dict[str, float]], Calibration]:
+def evaluate(embedder: Embedder, manifest: Manifest) -> tuple[dict[str, dict[str, float]], Calibration]:
     """Metrics {"text->image": {"R@1": .., "R@5": .., "R@10": .., "mAP": ..}, ...} for every pair
     of different modalities in the manifest, and a score calibration fitted on the same pairs."""
-    items = embed_items(encoder, decoder, manifest)
+    items = embed_items(embedder, manifest)
     pairs: dict[str, dict[str, float]] = {}
     calibration = Calibration()
     for q in Modality:

@@ -1,4 +1,8 @@
-"""Forward passes of a bundle's towers with gradients, one modality at a time."""
+"""Forward passes of a bundle's towers with gradients, over items of the one embedding path.
+
+The inference path (encoders.embed) runs the same towers without gradients; here text is pooled
+over its chunks exactly as there, while pictures may be augmented and audio is randomly cropped.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ from PIL import Image
 from torchvision import transforms
 
 from encoders.bundle import ModelBundle
+from encoders.decode import DecodedAudio, DecodedVideo
+from encoders.embed import Decoded, DecodedImage, DecodedText, modality_of
 from encoders.modality import Modality
-from trainer.data import Decoded
 
 MIN_AUDIO_SECONDS = 0.5
 
@@ -33,12 +38,6 @@ class Towers:
         )
         self.training = True
 
-    def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        aug = self.augment if self.training else None
-        return torch.stack([self.bundle.preprocess(aug(img) if aug else img) for img in images]).to(
-            self.device
-        )
-
     def parameters(self, tower: str) -> Iterator[torch.nn.Parameter]:
         model = self.bundle.model
         if tower == "image":
@@ -51,22 +50,34 @@ class Towers:
             yield from self.bundle.audio.parameters()
 
     def embed(self, items: Sequence[Decoded], modality: Modality) -> torch.Tensor:
-        model = self.bundle.model
-        if modality == Modality.IMAGE:
-            pixels = self._pixels([i.image for i in items if i.image is not None])
-            return model.encode_image(pixels, normalize=True)  # type: ignore[operator]
+        """Unit vectors (len(items), dim) for decoded items of one modality."""
+        if any(modality_of(i) != modality for i in items):
+            raise ValueError(f"every item of a {modality} batch must be {modality}")
         if modality == Modality.TEXT:
-            tokens = torch.stack([i.tokens for i in items if i.tokens is not None]).to(self.device)
-            return model.encode_text(tokens, normalize=True)  # type: ignore[operator]
+            return self._texts([i for i in items if isinstance(i, DecodedText)])
+        if modality == Modality.IMAGE:
+            return self._pictures([[i.image] for i in items if isinstance(i, DecodedImage)])
         if modality == Modality.VIDEO:
-            frames = [i.frames for i in items if i.frames is not None]
-            flat = self._pixels([f for fs in frames for f in fs])
-            feats = model.encode_image(flat, normalize=True)  # type: ignore[operator]
-            pooled = torch.stack([chunk.mean(dim=0) for chunk in feats.split([len(f) for f in frames])])
-            return F.normalize(pooled, dim=-1)
-        return self._embed_audio([i.samples for i in items if i.samples is not None])
+            videos = [i for i in items if isinstance(i, DecodedVideo)]
+            return self._pictures([[Image.fromarray(f) for f in v.frames] for v in videos])
+        return self._audio([i.samples for i in items if isinstance(i, DecodedAudio)])
 
-    def _embed_audio(self, clips: list[np.ndarray]) -> torch.Tensor:
+    def _texts(self, texts: list[DecodedText]) -> torch.Tensor:
+        # A long text is the mean of its chunks, as on the inference path.
+        chunks = [c.text for t in texts for c in t.chunks]
+        tokens = self.bundle.tokenizer(chunks).to(self.device)
+        feats = self.bundle.model.encode_text(tokens, normalize=True)  # type: ignore[operator]
+        return _pool(feats, [len(t.chunks) for t in texts])
+
+    def _pictures(self, groups: list[list[Image.Image]]) -> torch.Tensor:
+        """Each group (one image, or a video's frames) -> the normalised mean of its pictures."""
+        aug = self.augment if self.training else None
+        flat = [aug(img) if aug else img for g in groups for img in g]
+        pixels = torch.stack([self.bundle.preprocess(img) for img in flat]).to(self.device)
+        feats = self.bundle.model.encode_image(pixels, normalize=True)  # type: ignore[operator]
+        return _pool(feats, [len(g) for g in groups])
+
+    def _audio(self, clips: list[np.ndarray]) -> torch.Tensor:
         tower = self.bundle.audio
         if tower is None:
             raise ValueError("the bundle has no audio tower")
@@ -83,3 +94,10 @@ class Towers:
             start = self.rng.randrange(0, len(c) - length + 1)
             batch.append(c[start : start + length])
         return tower(torch.from_numpy(np.stack(batch).astype(np.float32)).to(self.device))
+
+
+def _pool(feats: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    if all(n == 1 for n in sizes):
+        return feats  # already unit rows: skip a no-op mean and renormalisation
+    pooled = torch.stack([part.mean(dim=0) for part in feats.split(sizes)])
+    return F.normalize(pooled, dim=-1)

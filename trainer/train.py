@@ -16,7 +16,8 @@ import torch
 
 from encoders.audio import AudioTower, AudioTowerCfg
 from encoders.bundle import ModelBundle, load_bundle, save_bundle
-from encoders.decode import MediaDecoder
+from encoders.embed import Embedder
+from encoders.encoder import Encoder
 from encoders.modality import Modality
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import ItemCache
@@ -144,8 +145,8 @@ def train(
             f"but the config's base bundle is {base_id}: resume with the same base_bundle"
         )
 
-    decoder = MediaDecoder(sample_rate=bundle.audio.cfg.sample_rate if bundle.audio else 16_000)
-    cache = ItemCache(bundle, decoder)
+    embedder = Embedder(Encoder(bundle))
+    cache = ItemCache(embedder)
     try:
         t0 = time.perf_counter()
         cache.load(r for p in manifest.pairs for r in (p.a, p.b))
@@ -163,7 +164,7 @@ def train(
         log(f"loaded {len(pairs)} pairs in {time.perf_counter() - t0:.1f} s ({len(skipped)} lines skipped)")
         return _loop(config, bundle, base_id, pairs, cache, out, state, skipped, rng, log)
     finally:
-        decoder.close()
+        embedder.close()
 
 
 def _loop(

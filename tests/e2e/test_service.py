@@ -228,3 +228,6 @@ def test_request_ids_are_echoed_and_logged(server: ServerProcess, client: MMSear
     log = "".join(server.output)
     assert "req-42 /mmsearch.v1.SearchService/Search OK" in log
     assert "req-43 /mmsearch.v1.SearchService/Search INVALID_ARGUMENT" in log
+    # Every log line of the call carries its id, the servicer's own included, not only the access line.
+    lines = [line for line in server.output if "query is required" in line or "req-43 /" in line]
+    assert len(lines) >= 2 and all("[req-43]" in line for line in lines), lines

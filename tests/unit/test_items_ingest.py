@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from encoders.embed import Embedder
 from encoders.encoder import Encoder
 from encoders.modality import Modality
 from indexer.filters import FilterSpec, Match
@@ -20,7 +21,7 @@ MakeStore = Callable[..., VectorStore]
 
 def _indexer(encoder: Encoder, store_factory: MakeStore) -> ItemIndexer:
     schema = CollectionSchema(bundle_id=encoder.bundle.bundle_id, dim=encoder.dim)
-    return ItemIndexer(encoder, store_factory(schema))
+    return ItemIndexer(Embedder(encoder), store_factory(schema))
 
 
 def test_a_corrupt_item_fails_alone(encoder: Encoder, store_factory: MakeStore) -> None:

@@ -8,16 +8,21 @@ import numpy as np
 import pytest
 
 from encoders.calibration import Calibration, fit_platt
+from encoders.embed import Embedder
 from encoders.encoder import Encoder
 from indexer.schema import CollectionSchema, PointRecord, point_id
 from indexer.store import Stages, VectorStore
 from server.config import ServerConfig
-from server.engine import MultiQuery, QueryInput, SearchEngine
+from server.context import background
 from server.errors import InvalidArgument, NotFound
 from server.planner import SearchParams
+from server.query_types import MultiQuery, QueryInput
+from server.services import Services, make_services
 
 MakeStore = Callable[..., VectorStore]
 DIM = 64
+
+CTX = background()
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -25,7 +30,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture
-def world(encoder: Encoder, store_factory: MakeStore) -> tuple[SearchEngine, dict[str, list[str]]]:
+def world(encoder: Encoder, store_factory: MakeStore) -> tuple[Services, dict[str, list[str]]]:
     """Three classes of 'image' points around three centres, plus one long 'video' whose 12
     segments all sit near class a."""
     rng = np.random.default_rng(7)
@@ -49,16 +54,16 @@ def world(encoder: Encoder, store_factory: MakeStore) -> tuple[SearchEngine, dic
             PointRecord(pid, vec, {"modality": "video", "track": "audio", "media_id": "long-video"})
         )
     store.upsert(records)
-    engine = SearchEngine(encoder, store, ServerConfig())
+    engine = make_services(Embedder(encoder), store, ServerConfig())
     return engine, ids
 
 
-def test_mmr_gives_fewer_hits_from_one_media(world: tuple[SearchEngine, dict[str, list[str]]]) -> None:
+def test_mmr_gives_fewer_hits_from_one_media(world: tuple[Services, dict[str, list[str]]]) -> None:
     engine, ids = world
     query = QueryInput(id=ids["a"][0])
-    plain = engine.search(query, SearchParams(top_k=10, group_size=100)).hits
-    diverse = engine.search(
-        query, SearchParams(top_k=10, group_size=100, stages=Stages(oversampling=4, mmr_lambda=0.3))
+    plain = engine.queries.search(CTX, query, SearchParams(top_k=10, group_size=100)).hits
+    diverse = engine.queries.search(
+        CTX, query, SearchParams(top_k=10, group_size=100, stages=Stages(oversampling=4, mmr_lambda=0.3))
     ).hits
 
     def from_video(hits: list) -> int:  # type: ignore[type-arg]
@@ -69,28 +74,30 @@ def test_mmr_gives_fewer_hits_from_one_media(world: tuple[SearchEngine, dict[str
 
 
 def test_a_negative_example_drops_the_pushed_away_class(
-    world: tuple[SearchEngine, dict[str, list[str]]],
+    world: tuple[Services, dict[str, list[str]]],
 ) -> None:
     engine, ids = world
     # A positive halfway between a and b: without negatives both classes fill the top.
     mixed = MultiQuery(((QueryInput(id=ids["a"][1]), 1.0), (QueryInput(id=ids["b"][1]), 1.0)))
-    plain = engine.search(mixed, SearchParams(top_k=10, modalities=())).hits
+    plain = engine.queries.search(CTX, mixed, SearchParams(top_k=10, modalities=())).hits
     assert {h.payload.get("meta", {}).get("label") for h in plain} >= {"a", "b"}
     pushed = MultiQuery(mixed.positives, ((QueryInput(id=ids["b"][2]), 1.0),))
-    hits = engine.search(pushed, SearchParams(top_k=10)).hits
+    hits = engine.queries.search(CTX, pushed, SearchParams(top_k=10)).hits
     labels = [h.payload.get("meta", {}).get("label") for h in hits]
     assert labels.count("b") < [h.payload.get("meta", {}).get("label") for h in plain].count("b")
     assert all(h.calibrated is not None for h in hits)
 
 
-def test_weights_and_rrf_fusion(world: tuple[SearchEngine, dict[str, list[str]]]) -> None:
+def test_weights_and_rrf_fusion(world: tuple[Services, dict[str, list[str]]]) -> None:
     engine, ids = world
     a, b = QueryInput(id=ids["a"][3]), QueryInput(id=ids["b"][3])
-    toward_b = engine.search(MultiQuery(((a, 0.1), (b, 3.0))), SearchParams(top_k=5)).hits
-    toward_a = engine.search(MultiQuery(((a, 3.0), (b, 0.1))), SearchParams(top_k=5)).hits
+    toward_b = engine.queries.search(CTX, MultiQuery(((a, 0.1), (b, 3.0))), SearchParams(top_k=5)).hits
+    toward_a = engine.queries.search(CTX, MultiQuery(((a, 3.0), (b, 0.1))), SearchParams(top_k=5)).hits
     label = lambda h: h.payload.get("meta", {}).get("label")  # noqa: E731
     assert label(toward_b[0]) == "b" and label(toward_a[0]) in ("a", None)
-    fused = engine.search(MultiQuery(((a, 1.0), (b, 1.0))), SearchParams(top_k=12, fusion="rrf")).hits
+    fused = engine.queries.search(
+        CTX, MultiQuery(((a, 1.0), (b, 1.0))), SearchParams(top_k=12, fusion="rrf")
+    ).hits
     assert {label(h) for h in fused} >= {"a", "b"}
 
 
@@ -143,7 +150,7 @@ def test_weights_and_rrf_fusion(world: tuple[SearchEngine, dict[str, list[str]]]
     ],
 )
 def test_bad_multi_input_queries(
-    world: tuple[SearchEngine, dict[str, list[str]]],
+    world: tuple[Services, dict[str, list[str]]],
     query: object,
     params: SearchParams,
     error: type[Exception],
@@ -151,30 +158,32 @@ def test_bad_multi_input_queries(
 ) -> None:
     engine, _ = world
     with pytest.raises(error) as exc:
-        engine.search(query, params)  # type: ignore[arg-type]
+        engine.queries.search(CTX, query, params)  # type: ignore[arg-type]
     assert needle in str(exc.value)
 
 
-def test_recommend_by_ids(world: tuple[SearchEngine, dict[str, list[str]]]) -> None:
+def test_recommend_by_ids(world: tuple[Services, dict[str, list[str]]]) -> None:
     engine, ids = world
-    hits = engine.recommend([ids["c"][0], ids["c"][1]], [ids["a"][0]], SearchParams(top_k=5)).hits
+    hits = engine.queries.recommend(
+        CTX, [ids["c"][0], ids["c"][1]], [ids["a"][0]], SearchParams(top_k=5)
+    ).hits
     assert hits and all(h.payload.get("meta", {}).get("label") == "c" for h in hits)
     assert not {ids["c"][0], ids["c"][1], ids["a"][0]} & {h.id for h in hits}
     with pytest.raises(InvalidArgument, match="positive_ids is empty"):
-        engine.recommend([], [ids["a"][0]], SearchParams(top_k=5))
+        engine.queries.recommend(CTX, [], [ids["a"][0]], SearchParams(top_k=5))
 
 
-def test_mining_excludes_positives_and_their_group(world: tuple[SearchEngine, dict[str, list[str]]]) -> None:
+def test_mining_excludes_positives_and_their_group(world: tuple[Services, dict[str, list[str]]]) -> None:
     engine, ids = world
-    negatives, best = engine.mine([], [ids["a"][0]], k=5, group_key="label", modalities=())
+    negatives, best = engine.mining.mine(CTX, [], [ids["a"][0]], k=5, group_key="label", modalities=())
     assert best is not None and len(negatives) == 5
     assert all(h.payload.get("meta", {}).get("label") != "a" for h in negatives)
     assert ids["a"][0] not in {h.id for h in negatives}
     assert all(h.score <= 0.95 * best for h in negatives)
     with pytest.raises(InvalidArgument, match="mining needs an anchor"):
-        engine.mine([], [], k=5)
+        engine.mining.mine(CTX, [], [], k=5)
     with pytest.raises(InvalidArgument, match="max_fraction_of_positive"):
-        engine.mine([], [ids["a"][0]], k=5, max_fraction_of_positive=1.5)
+        engine.mining.mine(CTX, [], [ids["a"][0]], k=5, max_fraction_of_positive=1.5)
 
 
 def test_calibrated_thresholds_keep_the_same_share_of_relevant_hits() -> None:
