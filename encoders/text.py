@@ -7,6 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 _WORD = re.compile(r"\S+")
+# Words longer than this are cut into pieces of this many characters before any tokenizing: BPE
+# on one long word costs far more than its length (measured: 1 KB 0.6 s, 10 KB 57 s), while a
+# 64-character piece costs microseconds, so the whole text stays linear in its length.
+MAX_WORD_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,10 @@ def chunk_text(
     overlap_tokens = max(0, min(overlap_tokens, max_tokens // 2))
     words: list[tuple[int, int, int]] = []  # (start, end, tokens)
     for m in _WORD.finditer(text):
-        words.extend(_split_long_word(m.start(), m.group(), count_tokens, max_tokens))
+        word, start = m.group(), m.start()
+        for offset in range(0, len(word), MAX_WORD_CHARS):
+            piece = word[offset : offset + MAX_WORD_CHARS]
+            words.extend(_split_long_word(start + offset, piece, count_tokens, max_tokens))
     if not words:
         return [TextChunk(0, text, 0, len(text))]
 

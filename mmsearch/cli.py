@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = exc.code()
         print(f"mmsearch: {code.name if code else 'ERROR'}: {exc.details()}", file=sys.stderr)
         return 1
-    except (BundleError, StoreError, FileNotFoundError, ValueError, EncoderError) as exc:
+    except (BundleError, StoreError, OSError, ValueError, EncoderError) as exc:
         print(f"mmsearch: {exc}", file=sys.stderr)
         return 1
 

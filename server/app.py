@@ -36,7 +36,13 @@ async def start_server(services: Services, config: ServerConfig) -> RunningServe
     limit = config.max_message_bytes
     server = grpc.aio.server(
         interceptors=[RequestIdInterceptor()],
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            # Without this a second server on the same port starts too, and new connections are
+            # split between two indexes; with it, the second one fails to bind.
+            ("grpc.so_reuseport", 0),
+        ],
     )
     pb_grpc.add_SearchServiceServicer_to_server(SearchService(services), server)
     health_servicer = health.aio.HealthServicer()
@@ -45,9 +51,12 @@ async def start_server(services: Services, config: ServerConfig) -> RunningServe
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    try:
+        port = server.add_insecure_port(f"{config.host}:{config.port}")
+    except RuntimeError as exc:  # grpc raises rather than returning 0 on some versions
+        raise OSError(f"could not bind {config.host}:{config.port}: is another server using it?") from exc
     if port == 0:
-        raise OSError(f"could not bind {config.host}:{config.port}")
+        raise OSError(f"could not bind {config.host}:{config.port}: is another server using it?")
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

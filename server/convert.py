@@ -10,7 +10,7 @@ from google.protobuf import json_format, struct_pb2
 from encoders.modality import Modality
 from indexer.filters import Condition, FilterError, FilterSpec, Match, MatchAny, Range
 from indexer.inputs import ItemInput
-from indexer.schema import META, StoredPoint
+from indexer.schema import AUDIO_TRACK, VISUAL_TRACK, Key, PointPayload, StoredPoint
 from indexer.store import Stages
 from mmsearch.v1 import search_pb2 as pb
 from server.errors import InvalidArgument
@@ -27,20 +27,20 @@ _FROM_PROTO = {v: k for k, v in _TO_PROTO.items()}
 # Payload keys that have their own SearchHit field; the rest of the system payload goes to attributes.
 _HIT_FIELDS = frozenset(
     {
-        "modality",
-        "source",
-        "media_id",
-        "segment",
-        "text",
-        META,
-        "t_start",
-        "t_end",
-        "track",
-        "pooled",
-        "point_ids",
+        Key.MODALITY,
+        Key.SOURCE,
+        Key.MEDIA_ID,
+        Key.SEGMENT,
+        Key.TEXT,
+        Key.META,
+        Key.T_START,
+        Key.T_END,
+        Key.TRACK,
+        Key.POOLED,
+        Key.POINT_IDS,
     }
 )
-_TRACKS = {"visual": pb.TRACK_VISUAL, "audio": pb.TRACK_AUDIO}
+_TRACKS = {VISUAL_TRACK: pb.TRACK_VISUAL, AUDIO_TRACK: pb.TRACK_AUDIO}
 
 
 def modality_to_proto(m: Modality) -> pb.Modality:
@@ -114,24 +114,22 @@ def struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:
 
 
 def hit_to_proto(p: StoredPoint) -> pb.SearchHit:
-    payload = p.payload
-    modality = payload.get("modality")
+    payload = PointPayload.from_dict(p.payload)
+    modality = _TO_PROTO.get(Modality(payload.modality)) if payload.modality else None
     return pb.SearchHit(
         id=p.id,
         score=p.score,
-        modality=_TO_PROTO.get(Modality(modality), pb.MODALITY_UNSPECIFIED)
-        if modality
-        else pb.MODALITY_UNSPECIFIED,
-        source=str(payload.get("source", "")),
-        media_id=str(payload.get("media_id", "")),
-        segment=int(payload.get("segment", 0)),
-        text=str(payload.get("text", "")),
-        metadata=struct_from_dict(payload.get(META) or {}),
-        attributes=struct_from_dict({k: v for k, v in payload.items() if k not in _HIT_FIELDS}),
-        t_start=payload.get("t_start"),
-        t_end=payload.get("t_end"),
-        track=_TRACKS.get(str(payload.get("track")), pb.TRACK_UNSPECIFIED),
-        pooled=bool(payload.get("pooled", False)),
+        modality=modality or pb.MODALITY_UNSPECIFIED,
+        source=payload.source,
+        media_id=payload.media_id,
+        segment=payload.segment,
+        text=payload.text or "",
+        metadata=struct_from_dict(payload.meta),
+        attributes=struct_from_dict({k: v for k, v in p.payload.items() if k not in _HIT_FIELDS}),
+        t_start=payload.t_start,
+        t_end=payload.t_end,
+        track=_TRACKS.get(payload.track or "", pb.TRACK_UNSPECIFIED),
+        pooled=bool(payload.pooled),
         calibrated_score=p.calibrated if p.calibrated is not None else 0.0,
     )
 
@@ -139,8 +137,11 @@ def hit_to_proto(p: StoredPoint) -> pb.SearchHit:
 def item_from_proto(item: pb.Item, index: int) -> ItemInput:
     kind = item.WhichOneof("content")
     field = f"items[{index}]"
-    metadata = struct_to_dict(item.metadata)
-    attributes = struct_to_dict(item.attributes)
+    try:
+        metadata = struct_to_dict(item.metadata)
+        attributes = struct_to_dict(item.attributes)
+    except ValueError as exc:  # protobuf refuses NaN / infinity in a Struct as JSON
+        raise InvalidArgument(f"{field}.metadata: a value is not a finite number ({exc})") from exc
     if kind == "text":
         return ItemInput(Modality.TEXT, item.text, item.source, item.id or None, metadata, attributes)
     if kind in ("image", "audio", "video"):

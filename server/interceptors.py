@@ -6,9 +6,11 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from server.context import request_id_var
 
@@ -29,6 +31,7 @@ class RequestIdInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler  # health Watch and reflection streams pass through untouched
         inner = handler.unary_unary
+        deserialize = handler.request_deserializer
         metadata = dict(details.invocation_metadata or ())
         request_id = str(metadata.get(REQUEST_ID) or uuid.uuid4().hex)
         method = details.method
@@ -40,6 +43,11 @@ class RequestIdInterceptor(grpc.aio.ServerInterceptor):
             await context.send_initial_metadata(((REQUEST_ID, request_id),))
             code = "OK"
             try:
+                if isinstance(request, Malformed):
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{method}: the request is not a valid message ({request.reason})",
+                    )
                 return await inner(request, context)
             except BaseException:
                 code = context.code().name if context.code() is not None else "ERROR"
@@ -50,6 +58,24 @@ class RequestIdInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(deserialize) if deserialize is not None else None,
             response_serializer=handler.response_serializer,
         )
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """Stands in for a request whose bytes did not parse, so the call can answer
+    INVALID_ARGUMENT instead of gRPC's own INTERNAL / UNKNOWN for a deserializer failure."""
+
+    reason: str
+
+
+def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as exc:  # corrupt bytes, or nesting past protobuf's recursion limit
+            return Malformed(str(exc)[:200] or type(exc).__name__)
+
+    return parse

@@ -15,6 +15,19 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class EscapingFormatter(logging.Formatter):
+    """Escapes control characters in the message: text a client sent (a filter key with a
+    newline, say) must not forge a log line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        return line if line.isprintable() else "".join(_escape(ch) for ch in line)
+
+
+def _escape(ch: str) -> str:
+    return ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+
+
 def install_request_ids(logger: logging.Logger | None = None) -> None:
     """Stamp and show the request id on every handler of `logger` (default: the root logger).
     Idempotent; called once by the server at start, never at import."""
@@ -22,4 +35,4 @@ def install_request_ids(logger: logging.Logger | None = None) -> None:
     for handler in target.handlers:
         if not any(isinstance(f, RequestIdFilter) for f in handler.filters):
             handler.addFilter(RequestIdFilter())
-            handler.setFormatter(logging.Formatter(FORMAT))
+            handler.setFormatter(EscapingFormatter(FORMAT))

@@ -9,7 +9,7 @@ from encoders.modality import Modality
 from indexer.filters import FilterSpec, payload_key
 from indexer.mining import MiningParams, mine_hard_negatives
 from indexer.schema import PointPayload, StoredPoint, payload_value
-from server import planner
+from server import limits, planner
 from server.context import RequestContext
 from server.errors import InvalidArgument
 from server.planner import SearchParams
@@ -45,6 +45,9 @@ class MiningService:
         ):
             if not (math.isfinite(value) and 0 < value <= 1):
                 raise InvalidArgument(f"{name} must be in (0, 1], got {value}")
+        limits.check_filter(filter, self.queries.config)
+        if group_key:
+            limits.check_key(group_key, "group_key")
         if not anchors and not positive_ids:
             raise InvalidArgument("give queries or positive_ids: mining needs an anchor")
         spec = planner.check_params(SearchParams(top_k=k, modalities=modalities, filter=filter), max_top_k)

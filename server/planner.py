@@ -57,7 +57,10 @@ class Plan:
         return max(self.positives, key=lambda p: p.weight).modality
 
     def mean_vector(self) -> np.ndarray:
-        total = sum(p.weight * p.vector for p in self.positives)
+        # Weights are relative: scale them to at most 1 so huge ones (3.4e38) cannot overflow
+        # float32 into a vector of inf/nan that scores everything 0.
+        top = max(p.weight for p in self.positives)
+        total = sum((p.weight / top) * p.vector.astype(np.float64) for p in self.positives)
         return unit(np.asarray(total, dtype=np.float32))
 
 

@@ -15,7 +15,7 @@ from encoders.inputs import AudioInput, EmbedInput, ImageInput, TextInput, Video
 from encoders.modality import Modality
 from indexer.schema import PointPayload, StoredPoint, StoreInfo
 from indexer.store import VectorStore
-from server import planner
+from server import limits, planner
 from server.config import ServerConfig
 from server.context import RequestContext
 from server.errors import InvalidArgument, NotFound
@@ -66,7 +66,7 @@ class QueryService:
                 modality = Modality(PointPayload.from_dict(point.payload).modality or Modality.TEXT)
                 out[i] = EncodedQuery(point.vector, modality, (point.id,))
             else:
-                inputs[i] = _embed_input(q, where)
+                inputs[i] = self._embed_input(q, where)
         if inputs:
             if any(isinstance(x, AudioInput) for x in inputs.values()):
                 try:
@@ -94,6 +94,7 @@ class QueryService:
         self, ctx: RequestContext, query: QueryInput | MultiQuery, params: SearchParams
     ) -> SearchOutcome:
         """Validate the parameters (before spending time on encoding), encode, run the pipeline."""
+        limits.check_filter(params.filter, self.config)
         spec = planner.check_params(params, self.config.max_top_k)
         start = time.perf_counter()
         plan = self._plan(ctx, query, params)
@@ -153,16 +154,17 @@ class QueryService:
             tuple(dict.fromkeys(exclude)),
         )
 
-
-def _embed_input(q: QueryInput, where: str) -> EmbedInput:
-    if q.text is not None:
-        if not q.text.strip():
-            raise InvalidArgument(f"{where}.text is empty")
-        return TextInput(q.text, f"{where}.text")
-    if q.image is not None:
-        return ImageInput(q.image, f"{where}.image")
-    if q.audio is not None:
-        return AudioInput(q.audio, f"{where}.audio")
-    if q.video is not None:
-        return VideoInput(q.video, f"{where}.video")
-    raise InvalidArgument(f"{where} is empty: set text, image, audio, video or id")
+    def _embed_input(self, q: QueryInput, where: str) -> EmbedInput:
+        if q.text is not None:
+            if not q.text.strip():
+                raise InvalidArgument(f"{where}.text is empty")
+            cap = self.config.max_query_text_chars
+            limits.check_text(q.text, cap=cap, setting="max_query_text_chars", where=f"{where}.text")
+            return TextInput(q.text, f"{where}.text")
+        if q.image is not None:
+            return ImageInput(q.image, f"{where}.image")
+        if q.audio is not None:
+            return AudioInput(q.audio, f"{where}.audio")
+        if q.video is not None:
+            return VideoInput(q.video, f"{where}.video")
+        raise InvalidArgument(f"{where} is empty: set text, image, audio, video or id")

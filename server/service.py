@@ -11,12 +11,13 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
+from indexer.inputs import ItemInput
 from indexer.store import BundleMismatchError, StoreError
 from mmsearch.v1 import search_pb2 as pb
 from mmsearch.v1 import search_pb2_grpc as pb_grpc
 from server import convert
 from server.context import RequestContext, request_id_var
-from server.errors import RequestError
+from server.errors import InvalidArgument, RequestError
 from server.planner import SearchOutcome
 from server.services import Services
 
@@ -130,8 +131,9 @@ class SearchService(pb_grpc.SearchServiceServicer):
 
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
         def run(ctx: RequestContext) -> pb.UpsertResponse:
-            items = [convert.item_from_proto(item, i) for i, item in enumerate(request.items)]
-            outcomes = self.writes.upsert(ctx, items)
+            outcomes = self.writes.upsert(
+                ctx, [_item_or_error(item, i) for i, item in enumerate(request.items)]
+            )
             results = [
                 pb.ItemResult(
                     index=i,
@@ -184,6 +186,14 @@ class SearchService(pb_grpc.SearchServiceServicer):
             )
 
         return await self._run(context, "Stats", run)
+
+
+def _item_or_error(item: pb.Item, index: int) -> ItemInput | InvalidArgument:
+    # A malformed item fails alone: the API promises each item its own outcome.
+    try:
+        return convert.item_from_proto(item, index)
+    except InvalidArgument as exc:
+        return exc
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:

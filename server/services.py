@@ -38,7 +38,7 @@ class Services:
 
 def make_services(embedder: Embedder, store: VectorStore, config: ServerConfig) -> Services:
     """Wire the services over an embedder and an open store (tests build them this way)."""
-    ids = IdResolver(store, max_ids=config.max_batch_items * 4)
+    ids = IdResolver(store, max_ids=config.max_ids_per_call)
     queries = QueryService(embedder, store, ids, config)
     writes = WriteService(ItemIndexer(embedder, store), store, ids, config)
     return Services(config, embedder, store, queries, writes, MiningService(queries))

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from indexer.inputs import ItemInput, ItemOutcome
 from indexer.items import ItemIndexer
 from indexer.store import VectorStore
+from server import limits
 from server.config import ServerConfig
 from server.context import RequestContext
 from server.errors import InvalidArgument
@@ -24,17 +25,41 @@ class WriteService:
         self.config = config
         self._dirty = threading.Event()
 
-    def upsert(self, ctx: RequestContext, items: Sequence[ItemInput]) -> list[ItemOutcome]:
+    def upsert(self, ctx: RequestContext, items: Sequence[ItemInput | InvalidArgument]) -> list[ItemOutcome]:
+        """Write the items; each item that is malformed (given here as the error its conversion
+        raised) or over a cap fails alone, with its own outcome, and the rest are written."""
         if not items:
             raise InvalidArgument("items is empty")
         if len(items) > self.config.max_batch_items:
             raise InvalidArgument(
                 f"items has {len(items)} entries; at most {self.config.max_batch_items} per request"
             )
-        outcomes = self.indexer.index(items, check=ctx.check)
+        outcomes = [ItemOutcome() for _ in items]
+        good: dict[int, ItemInput] = {}
+        for i, item in enumerate(items):
+            try:
+                if isinstance(item, InvalidArgument):
+                    raise item
+                self._check_item(item, f"items[{i}]")
+                good[i] = item
+            except InvalidArgument as exc:  # the item fails alone; the rest are written
+                outcomes[i].error = exc.message
+        written = self.indexer.index(list(good.values()), check=ctx.check)
+        for i, outcome in zip(good, written, strict=True):
+            outcomes[i] = outcome
         if any(o.error is None and not o.unchanged for o in outcomes):
             self._dirty.set()
         return outcomes
+
+    def _check_item(self, item: ItemInput, where: str) -> None:
+        cfg = self.config
+        if isinstance(item.data, str):
+            limits.check_text(
+                item.data, cap=cfg.max_item_text_chars, setting="max_item_text_chars", where=f"{where}.text"
+            )
+        limits.check_source(item.source, cfg, f"{where}.source")
+        limits.check_metadata(item.metadata, cfg, f"{where}.metadata")
+        limits.check_metadata(item.attributes, cfg, f"{where}.attributes")
 
     def delete(self, ctx: RequestContext, ids: Sequence[str]) -> int:
         resolved = self.ids.resolve(ctx, ids, field="ids")
