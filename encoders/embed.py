@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -33,6 +33,9 @@ from encoders.vectors import mean_unit
 # Called between the steps of a batch; raises to abandon the work (a passed deadline, a
 # cancelled call). The encoder layer knows nothing of gRPC: the caller decides what to raise.
 Check = Callable[[], None]
+T = TypeVar("T")
+# Inputs per forward call between two checks: a batch of many long texts still stops promptly.
+CHECK_EVERY = 256
 # Under this much sound (a video segment's tail) there is nothing to embed.
 MIN_AUDIO_SECONDS = 0.1
 
@@ -178,7 +181,7 @@ class Embedder:
         texts = [(i, t) for i, t in enumerate(decoded) if isinstance(t, DecodedText)]
         if texts:
             step()
-            flat = self.encoder.embed_texts([c.text for _, t in texts for c in t.chunks])
+            flat = _in_slices(self.encoder.embed_texts, [c.text for _, t in texts for c in t.chunks], step)
             parts = _split(flat, [len(t.chunks) for _, t in texts])
             for (i, t), vecs in zip(texts, parts, strict=True):
                 out[i] = TextEmbedding(t.chunks, vecs, mean_unit(vecs))
@@ -190,7 +193,7 @@ class Embedder:
             pictures = [im.image for _, im in images] + [
                 Image.fromarray(f) for _, v in videos for f in v.frames
             ]
-            flat = self.encoder.embed_images(pictures)
+            flat = _in_slices(self.encoder.embed_images, pictures, step)
             for k, (i, im) in enumerate(images):
                 out[i] = ImageEmbedding(flat[k], im.image.size[0], im.image.size[1])
             frame_parts = _split(flat[len(images) :], [len(v.frames) for _, v in videos])
@@ -268,3 +271,15 @@ def _split(rows: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     """Consecutive row blocks of the given sizes (one block per size, none for no sizes)."""
     ends = np.cumsum(sizes)
     return [rows[end - n : end] for n, end in zip(sizes, ends, strict=True)]
+
+
+def _in_slices(
+    embed: Callable[[list[T]], np.ndarray], items: list[T], step: Callable[[], None]
+) -> np.ndarray:
+    """`embed` over `items` in slices of CHECK_EVERY, calling `step` between slices."""
+    parts = []
+    for start in range(0, len(items), CHECK_EVERY):
+        if start:
+            step()
+        parts.append(embed(items[start : start + CHECK_EVERY]))
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)

@@ -4,6 +4,7 @@ services off the event loop; nothing below it reads gRPC objects."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from server.services import Services
 
 log = logging.getLogger("mmsearch.server")
 T = TypeVar("T")
+# How long a cancelled call's worker thread gets to reach its next check before we stop waiting.
+STOP_WAIT_SECONDS = 5.0
 
 
 class SearchService(pb_grpc.SearchServiceServicer):
@@ -38,11 +41,20 @@ class SearchService(pb_grpc.SearchServiceServicer):
             context.time_remaining(), request_id=request_id_var.get(), method=method
         )
         start = time.perf_counter()
+        # Encoding and store calls block; run them on worker threads so the loop keeps serving.
+        work = asyncio.ensure_future(asyncio.to_thread(fn, ctx))
         try:
-            # Encoding and store calls block; run them on worker threads so the loop keeps serving.
-            result = await asyncio.to_thread(fn, ctx)
+            result = await asyncio.shield(work)
         except asyncio.CancelledError:
-            ctx.cancel()  # the client went away: the worker thread stops at its next check
+            # The deadline passed or the client went away: the thread stops at its next check.
+            # Wait for it (briefly) so the access log records the time really spent.
+            ctx.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(work, timeout=STOP_WAIT_SECONDS)
+            left = ctx.remaining()
+            log.info(
+                "%s stopped: %s", method, "deadline passed" if left is not None and left <= 0 else "cancelled"
+            )
             raise
         except RequestError as exc:
             log.info("%s -> %s: %s", method, exc.code.name, exc.message)

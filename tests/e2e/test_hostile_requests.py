@@ -147,3 +147,23 @@ def test_a_second_server_on_a_port_in_use_fails_at_start(server: ServerProcess, 
     proc = run_cli("serve", "--data", str(tmp_path / "other"), "--port", port, timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "could not bind" in proc.stderr
+
+
+def test_work_stops_when_the_deadline_passes(server: ServerProcess, client: MMSearchClient) -> None:
+    # 64 texts of ~20,000 characters: some 19,000 chunks, seconds of encoding on this machine.
+    inputs = [pb.QueryInput(text=f"deadline{i} " + "word " * 3_990) for i in range(64)]
+    start = time.perf_counter()
+    with pytest.raises(grpc.RpcError) as exc:
+        client._stub.Embed(pb.EmbedRequest(inputs=inputs), timeout=0.5)
+    assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.time() + 15
+    while time.time() < deadline and not any("Embed stopped" in line for line in server.output):
+        time.sleep(0.1)
+    stopped = [line for line in server.output if "Embed stopped" in line]
+    assert stopped, "the server never noticed the deadline"
+    access = [line for line in server.output if "SearchService/Embed" in line][-1]
+    spent_ms = float(access.split()[-2])
+    # it stopped at a check instead of finishing the batch (which takes far longer than this)
+    assert spent_ms < 5_000, access
+    assert time.perf_counter() - start < 15
+    assert client.health() == "SERVING"
