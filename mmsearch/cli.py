@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -136,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server.app import serve
+    from server.app import run
 
     config = server_config(args)
 
@@ -144,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
         where = config.qdrant_url or str(config.data_dir)
         print(f"mmsearch serving on {config.host}:{port} (bundle {config.bundle}, store {where})", flush=True)
 
-    asyncio.run(serve(config, on_ready=ready))
+    run(config, on_ready=ready)
     return 0
 
 

@@ -10,6 +10,16 @@ from pathlib import Path
 from server.config import ServerConfig
 
 ENV_PREFIX = "MMSEARCH_"
+LIMIT_SETTINGS = (
+    "max_query_text_chars",
+    "max_item_text_chars",
+    "max_filter_conditions",
+    "max_ids_per_call",
+    "max_metadata_bytes",
+    "max_metadata_depth",
+    "max_source_chars",
+    "max_batch_items",
+)
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
@@ -35,6 +45,13 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         collection=str(pick(getattr(args, "collection", None), "COLLECTION", base.collection)),
         max_top_k=int(str(pick(getattr(args, "max_top_k", None), "MAX_TOP_K", base.max_top_k))),
         max_message_bytes=int(env.get(ENV_PREFIX + "MAX_MESSAGE_BYTES", base.max_message_bytes)),
+        grace_seconds=float(env.get(ENV_PREFIX + "GRACE_SECONDS", base.grace_seconds)),
+        # Request caps (server.limits): MMSEARCH_MAX_QUERY_TEXT_CHARS and so on.
+        **{
+            name: int(env[ENV_PREFIX + name.upper()])
+            for name in LIMIT_SETTINGS
+            if ENV_PREFIX + name.upper() in env
+        },
         qdrant_shards=_opt_int(env.get(ENV_PREFIX + "QDRANT_SHARDS")),
         qdrant_replication=_opt_int(env.get(ENV_PREFIX + "QDRANT_REPLICATION")),
     )

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,6 +25,8 @@ from server.service import SearchService
 from server.services import Services, build_services
 
 log = logging.getLogger("mmsearch.server")
+# After the grace period, how long call threads get to reach a check before the process exits.
+EXIT_WAIT_SECONDS = 3.0
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
 
 
@@ -30,6 +35,7 @@ class RunningServer:
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     port: int
+    service: SearchService
 
 
 async def start_server(services: Services, config: ServerConfig) -> RunningServer:
@@ -44,7 +50,8 @@ async def start_server(services: Services, config: ServerConfig) -> RunningServe
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_SearchServiceServicer_to_server(SearchService(services), server)
+    service = SearchService(services)
+    pb_grpc.add_SearchServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -60,7 +67,7 @@ async def start_server(services: Services, config: ServerConfig) -> RunningServe
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health_servicer, port)
+    return RunningServer(server, health_servicer, port, service)
 
 
 async def _optimize_loop(services: Services, interval: float, stop: asyncio.Event) -> None:
@@ -92,7 +99,30 @@ async def serve(config: ServerConfig, *, on_ready: Callable[[int], None] | None 
         await stop.wait()
         log.info("shutting down: draining in-flight calls for up to %.0f s", config.grace_seconds)
         await running.health.enter_graceful_shutdown()
+        # Calls accepted before the signal finish within the grace period; after it they are
+        # cancelled, and their threads stop at the next check (server.context).
         await running.server.stop(config.grace_seconds)
+        running.service.shutdown()
         await optimizer
     finally:
         services.close()
+
+
+def run(config: ServerConfig, *, on_ready: Callable[[int], None] | None = None) -> None:
+    """Serve until SIGTERM / SIGINT, then exit within the grace period plus a few seconds."""
+    asyncio.run(serve(config, on_ready=on_ready))
+    lingering = [
+        t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()
+    ]
+    end = time.monotonic() + EXIT_WAIT_SECONDS
+    for t in lingering:
+        t.join(timeout=max(0.0, end - time.monotonic()))
+    if any(t.is_alive() for t in lingering):
+        # A call's thread is still inside one step (say, a decode waiting on its worker). The
+        # store is closed and every acknowledged write is durable: do not let the interpreter
+        # wait for it.
+        log.warning(
+            "exiting with %d call thread(s) still finishing a step", sum(t.is_alive() for t in lingering)
+        )
+        logging.shutdown()
+        os._exit(0)

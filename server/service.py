@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -29,10 +31,16 @@ STOP_WAIT_SECONDS = 5.0
 
 
 class SearchService(pb_grpc.SearchServiceServicer):
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, *, workers: int = 8) -> None:
         self.services = services
         self.queries = services.queries
         self.writes = services.writes
+        # Calls run on their own pool rather than asyncio's default one: at shutdown it is let go
+        # without a join, so a thread inside its last bounded step cannot hold the process.
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmsearch-call")
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run(
         self, context: grpc.aio.ServicerContext, method: str, fn: Callable[[RequestContext], T]
@@ -42,7 +50,9 @@ class SearchService(pb_grpc.SearchServiceServicer):
         )
         start = time.perf_counter()
         # Encoding and store calls block; run them on worker threads so the loop keeps serving.
-        work = asyncio.ensure_future(asyncio.to_thread(fn, ctx))
+        loop = asyncio.get_running_loop()
+        # copy_context: the worker thread sees the request id (server.logs) like the loop does.
+        work = loop.run_in_executor(self.executor, contextvars.copy_context().run, fn, ctx)
         try:
             result = await asyncio.shield(work)
         except asyncio.CancelledError:

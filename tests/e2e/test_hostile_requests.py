@@ -3,6 +3,8 @@ precise status, cost little, fail alone, and leave the server serving."""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from google.protobuf import struct_pb2
 from mmsearch import client as mc
 from mmsearch.client import MMSearchClient
 from mmsearch.v1 import search_pb2 as pb
-from tests.e2e.conftest import ServerProcess, run_cli
+from tests.e2e.conftest import ServerProcess, run_cli, start_server
 
 
 def _status(fn: object) -> grpc.StatusCode:
@@ -167,3 +169,38 @@ def test_work_stops_when_the_deadline_passes(server: ServerProcess, client: MMSe
     assert spent_ms < 5_000, access
     assert time.perf_counter() - start < 15
     assert client.health() == "SERVING"
+
+
+def test_sigterm_exits_within_the_grace_period_whatever_is_running(tmp_path: Path) -> None:
+    srv = start_server(tmp_path / "d", env={"MMSEARCH_GRACE_SECONDS": "2"})
+    long_inputs = [pb.QueryInput(text=f"sigterm{i} " + "word " * 3_990) for i in range(64)]
+    results: dict[str, object] = {}
+    with MMSearchClient(srv.target, timeout=120) as c:
+        c.wait_ready(30)
+        c.upsert([mc.text_item("a short caption")])
+
+        def long_call() -> None:
+            try:
+                c._stub.Embed(pb.EmbedRequest(inputs=long_inputs * 4), timeout=120)
+                results["long"] = "OK"
+            except grpc.RpcError as exc:
+                results["long"] = exc.code()
+
+        def short_call() -> None:
+            results["short"] = len(c.search(text="a short caption", top_k=1).hits)
+
+        threads = [threading.Thread(target=long_call), threading.Thread(target=short_call)]
+        threads[0].start()
+        time.sleep(1.0)
+        threads[1].start()
+        time.sleep(0.05)
+        start = time.perf_counter()
+        srv.proc.send_signal(signal.SIGTERM)
+        code = srv.proc.wait(timeout=30)
+        took = time.perf_counter() - start
+        for t in threads:
+            t.join(timeout=30)
+    assert code == 0
+    assert took < 2 + 6, f"exit took {took:.1f} s"
+    assert results["short"] == 1  # accepted before the signal: it completes
+    assert results["long"] != "OK"  # far longer than the grace period: cut off, not finished
