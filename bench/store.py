@@ -8,7 +8,8 @@ the same way. The same points go into
   2. QdrantStore(":memory:") (qdrant-client local mode: brute force in python/numpy),
   3. exact numpy (dot product + argpartition) — the ground truth for recall@10.
 
-Latencies are per single query, after warm-up, reported as medians in ms. Local mode is slow, so it is
+Latencies are per single query, after warm-up, reported as medians in ms; `edge_batch_ms_per_query` is
+the median time per query when `--query-batch` queries go to the shard in one `query_batch` call. Local mode is slow, so it is
 timed on the first `--local-queries` queries only. Prints one JSON object on stdout; progress goes to
 stderr.
 
@@ -35,6 +36,7 @@ import numpy as np
 
 from indexer.edge_store import EdgeStore
 from indexer.qdrant_store import QdrantStore
+from indexer.query_plan import DenseQuery
 from indexer.schema import CollectionSchema, PointRecord, StoredPoint
 
 K = 10
@@ -72,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ef-construct", type=int, default=128, help="HNSW ef_construct")
     p.add_argument("--hnsw-ef", type=int, default=64, help="HNSW ef at query time")
     p.add_argument("--batch", type=int, default=2000, help="points per upsert call")
+    p.add_argument("--query-batch", type=int, default=16, help="queries per query_batch call")
     p.add_argument("--local-queries", type=int, default=50, help="queries timed on qdrant-client local mode")
     p.add_argument("--skip-local", action="store_true", help="skip qdrant-client local mode (for tuning)")
     args = p.parse_args(argv)
@@ -144,6 +147,20 @@ def store_search(
     return search
 
 
+def time_batches(store: EdgeStore, queries: np.ndarray, size: int, index_of: dict[str, int]) -> Timed:
+    """Queries `size` at a time through one query_batch call; latencies are per query."""
+    hits = np.full((len(queries), K), -1, dtype=np.int64)
+    latencies: list[float] = []
+    for start in range(0, len(queries), size):
+        chunk = queries[start : start + size]
+        t0 = time.perf_counter()
+        results = store.query_batch([DenseQuery(q, K) for q in chunk])
+        latencies.append((time.perf_counter() - t0) * 1000 / len(chunk))
+        for i, found in enumerate(results, start):
+            hits[i, : len(found)] = [index_of[p.id] for p in found]
+    return Timed(hits, latencies)
+
+
 def recall_at_k(hits: np.ndarray, truth: np.ndarray) -> float:
     overlaps = [len(set(h.tolist()) & set(t.tolist())) / K for h, t in zip(hits, truth, strict=True)]
     return float(np.mean(overlaps))
@@ -175,6 +192,7 @@ def bench_edge(data: Data, ids: list[str], args: argparse.Namespace) -> tuple[Ti
                 f"{info.segments_count} segments"
             )
             timed = time_queries(store_search(store.query, index_of), data.queries, data.warmup)
+            batched = time_batches(store, data.queries, args.query_batch, index_of)
         finally:
             store.close()
     stats: dict[str, float | int] = {
@@ -182,6 +200,9 @@ def bench_edge(data: Data, ids: list[str], args: argparse.Namespace) -> tuple[Ti
         "edge_build_s": round(build_s, 2),
         "edge_indexed_vectors": int(info.indexed_vectors_count),
         "edge_segments": int(info.segments_count),
+        "edge_batch_ms_per_query": round(batched.p50_ms, 4),
+        # The batch must answer exactly what the one-by-one queries answered.
+        "edge_batch_same_hits": bool((batched.hits == timed.hits).all()),
     }
     return timed, stats
 

@@ -8,13 +8,13 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 import numpy as np
 import qdrant_edge as qe
 
-from encoders.modality import Modality
-from indexer.filters import FilterSpec, Match, MatchAny, Range
+from indexer import query_plan as qp
+from indexer.filters import FilterSpec, Range
 from indexer.schema import (
     DENSE,
     FRAMES,
@@ -22,18 +22,23 @@ from indexer.schema import (
     CollectionSchema,
     PointRecord,
     StoredPoint,
-    StoreInfo,
-    dense_vector,
     named_vectors,
 )
-from indexer.store import RRF_K, BundleMismatchError, Stages, StoreError, StoreLockedError, check_shapes
+from indexer.store import (
+    BundleMismatchError,
+    StoreError,
+    StoreLockedError,
+    VectorStore,
+    check_shapes,
+    stored_point,
+)
 
 SCHEMA_FILE = "mmsearch.json"
 SHARD_DIR = "shard"
 LOCK_FILE = ".lock"
 
 
-class EdgeStore:
+class EdgeStore(VectorStore):
     """A VectorStore over one Qdrant Edge shard in `path`.
 
     One process owns the directory (an exclusive lock on `path/.lock`); a second opener gets
@@ -166,138 +171,31 @@ class EdgeStore:
 
     # -- reads ----------------------------------------------------------------------------
 
-    def query(
-        self,
-        vector: np.ndarray,
-        *,
-        limit: int,
-        filter: FilterSpec | None = None,
-        score_threshold: float | None = None,
-        exclude_ids: Sequence[str] = (),
-        exact: bool = False,
-        frames_prefetch: int | None = None,
-        stages: Stages | None = None,
-    ) -> list[StoredPoint]:
-        q = vector.astype(np.float32).tolist()
-        quantized = stages is not None and stages.quantized
-        params = qe.SearchParams(
-            hnsw_ef=self.hnsw_ef, exact=exact, quantization=qe.QuantizationSearchParams(ignore=not quantized)
-        )
-        edge_filter = _edge_filter(filter, exclude_ids)
-        if frames_prefetch:
-            prefetch = qe.Prefetch(
-                limit=frames_prefetch,
-                query=qe.Query.Nearest(q, using=DENSE),
-                filter=edge_filter,
-                params=params,
-            )
-            request = qe.QueryRequest(
-                limit=limit,
-                prefetches=[prefetch],
-                query=qe.Query.Nearest([q], using=FRAMES),
-                with_payload=True,
-                score_threshold=score_threshold,
-            )
-        elif stages is not None and stages.multi_stage:
-            n = stages.candidates(limit)
-            prefetch = qe.Prefetch(
-                limit=n, query=qe.Query.Nearest(q, using=DENSE), filter=edge_filter, params=params
-            )
-            outer: Any = qe.Query.Nearest(q, using=DENSE)
-            if stages.mmr_lambda is not None:
-                outer = qe.Mmr(q, lambda_=stages.mmr_lambda, candidates_limit=n, using=DENSE)
-            request = qe.QueryRequest(
-                limit=limit,
-                prefetches=[prefetch],
-                query=outer,
-                with_payload=True,
-                score_threshold=score_threshold,
-                # The re-scoring stage reads the full float vectors unless told to stay quantized.
-                params=qe.SearchParams(quantization=qe.QuantizationSearchParams(ignore=stages.exact_rescore)),
-            )
-        else:
-            request = qe.QueryRequest(
-                limit=limit,
-                query=qe.Query.Nearest(q, using=DENSE),
-                filter=edge_filter,
-                with_payload=True,
-                score_threshold=score_threshold,
-                params=params,
-            )
-        return self._run(request)
-
-    def recommend(
-        self,
-        positives: Sequence[np.ndarray],
-        negatives: Sequence[np.ndarray],
-        *,
-        limit: int,
-        strategy: Literal["best_score", "sum_scores"] = "best_score",
-        filter: FilterSpec | None = None,
-        exclude_ids: Sequence[str] = (),
-    ) -> list[StoredPoint]:
-        rq = qe.RecommendQuery([_list(v) for v in positives], [_list(v) for v in negatives])
-        query = (qe.Query.RecommendBestScore if strategy == "best_score" else qe.Query.RecommendSumScores)(
-            rq, using=DENSE
-        )
-        request = qe.QueryRequest(
-            limit=limit,
-            query=query,
-            filter=_edge_filter(filter, exclude_ids),
-            with_payload=True,
-            params=qe.SearchParams(hnsw_ef=self.hnsw_ef),
-        )
-        return self._run(request)
-
-    def fuse(
-        self,
-        vectors: Sequence[np.ndarray],
-        *,
-        weights: Sequence[float],
-        limit: int,
-        per_query: int,
-        filter: FilterSpec | None = None,
-        exclude_ids: Sequence[str] = (),
-    ) -> list[StoredPoint]:
-        edge_filter = _edge_filter(filter, exclude_ids)
-        prefetches = [
-            qe.Prefetch(limit=per_query, query=qe.Query.Nearest(_list(v), using=DENSE), filter=edge_filter)
-            for v in vectors
-        ]
-        request = qe.QueryRequest(
-            limit=limit,
-            prefetches=prefetches,
-            query=qe.Fusion.Rrf(k=RRF_K, weights=list(weights)),  # type: ignore[arg-type]
-            with_payload=True,
-        )
-        return self._run(request)
-
-    def _run(self, request: qe.QueryRequest) -> list[StoredPoint]:
-        return [
-            StoredPoint(str(r.id), dict(r.payload or {}), float(r.score)) for r in self._shard.query(request)
-        ]
+    def query_batch(self, plans: Sequence[qp.QueryPlan]) -> list[list[StoredPoint]]:
+        if not plans:
+            return []
+        # One planned batch: the shard shares one pass over its segments among the requests.
+        requests = [qp.translate(qp.stage_tree(p, hnsw_ef=self.hnsw_ef), _TRANSLATOR) for p in plans]
+        results = self._shard.query_batch(qe.QueryBatchRequest(requests))
+        return [[stored_point(r) for r in rs] for rs in results]
 
     def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:
         if not ids:
             return []
         records = self._shard.retrieve(list(ids), with_payload=True, with_vector=with_vectors)
-        return [StoredPoint(str(r.id), dict(r.payload or {}), vector=dense_vector(r.vector)) for r in records]
+        return [stored_point(r) for r in records]
 
     def count(self, filter: FilterSpec | None = None) -> int:
-        return int(self._shard.count(qe.CountRequest(exact=True, filter=_edge_filter(filter, ()))))
+        return int(self._shard.count(qe.CountRequest(exact=True, filter=_filter(filter))))
 
     def scroll(
         self, *, limit: int, offset: str | None = None, filter: FilterSpec | None = None
     ) -> tuple[list[StoredPoint], str | None]:
         records, next_offset = self._shard.scroll(
-            qe.ScrollRequest(offset=offset, limit=limit, filter=_edge_filter(filter, ()), with_payload=True)
+            qe.ScrollRequest(offset=offset, limit=limit, filter=_filter(filter), with_payload=True)
         )
-        points = [StoredPoint(str(r.id), dict(r.payload or {})) for r in records]
+        points = [stored_point(r) for r in records]
         return points, (str(next_offset) if next_offset is not None else None)
-
-    def info(self) -> StoreInfo:
-        by_modality = {m.value: self.count(FilterSpec(must=(Match("modality", m.value),))) for m in Modality}
-        return StoreInfo(points=self.count(), schema=self.schema, kind=self.kind, by_modality=by_modality)
 
     def close(self) -> None:
         if self._closed:
@@ -309,30 +207,70 @@ class EdgeStore:
         self._release_lock()
 
 
-def _list(v: np.ndarray) -> list[float]:
-    return [float(x) for x in v.astype(np.float32)]
+def _filter(spec: FilterSpec | None) -> qe.Filter | None:
+    edge_filter: qe.Filter | None = qp.translate_filter(qp.point_filter(spec), _TRANSLATOR)
+    return edge_filter
 
 
-def _edge_condition(c: Match | MatchAny | Range) -> qe.FieldCondition:
-    if isinstance(c, Match):
+class _EdgeTranslator:
+    """The neutral query nodes as qdrant-edge-py objects (see indexer.query_plan)."""
+
+    def nearest(self, node: qp.Nearest) -> qe.Query:
+        return qe.Query.Nearest(node.vector, using=node.using)
+
+    def mmr(self, node: qp.Mmr) -> qe.Mmr:
+        return qe.Mmr(node.vector, lambda_=node.lambda_, candidates_limit=node.candidates, using=node.using)
+
+    def recommend(self, node: qp.Recommend) -> qe.Query:
+        rq = qe.RecommendQuery(list(node.positives), list(node.negatives))
+        if node.strategy == "best_score":
+            return qe.Query.RecommendBestScore(rq, using=node.using)
+        return qe.Query.RecommendSumScores(rq, using=node.using)
+
+    def rrf(self, node: qp.Rrf) -> qe.Fusion.Rrf:
+        return qe.Fusion.Rrf(k=node.k, weights=node.weights)
+
+    def match(self, key: str, value: str | int | bool) -> qe.FieldCondition:
         # qdrant-edge-py 0.9 reads a Python bool as the integer 0/1, which never matches a JSON
         # boolean; numpy's bool_ is not an int subclass, so it arrives as a real boolean.
-        value = np.bool_(c.value) if isinstance(c.value, bool) else c.value
-        return qe.FieldCondition(key=c.key, match=qe.MatchValue(value))  # type: ignore[arg-type]
-    if isinstance(c, MatchAny):
-        return qe.FieldCondition(key=c.key, match=qe.MatchAny(list(c.values)))
-    return qe.FieldCondition(key=c.key, range=qe.RangeFloat(gt=c.gt, gte=c.gte, lt=c.lt, lte=c.lte))
+        edge_value = np.bool_(value) if isinstance(value, bool) else value
+        return qe.FieldCondition(key=key, match=qe.MatchValue(edge_value))  # type: ignore[arg-type]
+
+    def match_any(self, key: str, values: tuple[str, ...]) -> qe.FieldCondition:
+        return qe.FieldCondition(key=key, match=qe.MatchAny(list(values)))
+
+    def range(self, cond: Range) -> qe.FieldCondition:
+        return qe.FieldCondition(
+            key=cond.key, range=qe.RangeFloat(gt=cond.gt, gte=cond.gte, lt=cond.lt, lte=cond.lte)
+        )
+
+    def has_id(self, ids: tuple[str, ...]) -> qe.HasIdCondition:
+        return qe.HasIdCondition(set(ids))
+
+    def filter(
+        self, must: list[Any] | None, must_not: list[Any] | None, should: list[Any] | None
+    ) -> qe.Filter:
+        return qe.Filter(must=must, must_not=must_not, should=should)
+
+    def params(self, params: qp.Params) -> qe.SearchParams:
+        quantization = qe.QuantizationSearchParams(ignore=params.ignore_quantization)
+        return qe.SearchParams(hnsw_ef=params.hnsw_ef, exact=params.exact, quantization=quantization)
+
+    def prefetch(self, stage: qp.Stage, parts: qp.Parts) -> qe.Prefetch:
+        return qe.Prefetch(
+            stage.limit, parts.query, parts.prefetch, parts.params, parts.filter, stage.score_threshold
+        )
+
+    def request(self, stage: qp.Stage, parts: qp.Parts) -> qe.QueryRequest:
+        return qe.QueryRequest(
+            limit=stage.limit,
+            query=parts.query,
+            prefetches=parts.prefetch,
+            with_payload=True,
+            filter=parts.filter,
+            score_threshold=stage.score_threshold,
+            params=parts.params,
+        )
 
 
-def _edge_filter(spec: FilterSpec | None, exclude_ids: Sequence[str]) -> qe.Filter | None:
-    if (spec is None or spec.is_empty()) and not exclude_ids:
-        return None
-    spec = spec or FilterSpec()
-    must_not: list[Any] = [_edge_condition(c) for c in spec.must_not]
-    if exclude_ids:
-        must_not.append(qe.HasIdCondition(set(exclude_ids)))
-    return qe.Filter(
-        must=[_edge_condition(c) for c in spec.must] or None,
-        must_not=must_not or None,
-        should=[_edge_condition(c) for c in spec.should] or None,
-    )
+_TRANSLATOR = _EdgeTranslator()

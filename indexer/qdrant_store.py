@@ -6,13 +6,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 from qdrant_client import QdrantClient, models
 
-from encoders.modality import Modality
-from indexer.filters import FilterSpec, Match, MatchAny, Range
+from indexer import query_plan as qp
+from indexer.filters import FilterSpec, Range
 from indexer.schema import (
     DENSE,
     FRAMES,
@@ -20,14 +19,12 @@ from indexer.schema import (
     CollectionSchema,
     PointRecord,
     StoredPoint,
-    StoreInfo,
-    dense_vector,
     named_vectors,
 )
-from indexer.store import RRF_K, BundleMismatchError, Stages, check_shapes
+from indexer.store import BundleMismatchError, VectorStore, check_shapes, stored_point
 
 
-class QdrantStore:
+class QdrantStore(VectorStore):
     """A VectorStore over one collection of a Qdrant server or cluster."""
 
     kind = "qdrant"
@@ -52,8 +49,8 @@ class QdrantStore:
         else:
             self._client = QdrantClient(url=url, api_key=api_key, prefer_grpc=True, timeout=timeout)
         self.url = url
-        # In-process mode always searches exactly and warns when given HNSW search params.
         self._in_process = url == ":memory:"
+        self._translator = _QdrantTranslator(self._in_process)
         self.hnsw_ef = hnsw_ef
         self.schema = schema
         name = schema.name
@@ -116,112 +113,13 @@ class QdrantStore:
         # The server's optimizers run in the background on their own; nothing to trigger.
         return None
 
-    def query(
-        self,
-        vector: np.ndarray,
-        *,
-        limit: int,
-        filter: FilterSpec | None = None,
-        score_threshold: float | None = None,
-        exclude_ids: Sequence[str] = (),
-        exact: bool = False,
-        frames_prefetch: int | None = None,
-        stages: Stages | None = None,
-    ) -> list[StoredPoint]:
-        q = vector.astype(np.float32).tolist()
-        quantized = stages is not None and stages.quantized
-        params = self._params(exact=exact, hnsw_ef=self.hnsw_ef, ignore_quantization=not quantized)
-        qfilter = _qdrant_filter(filter, exclude_ids)
-        if frames_prefetch:
-            prefetch = models.Prefetch(
-                query=q, using=DENSE, limit=frames_prefetch, filter=qfilter, params=params
-            )
-            return self._run(
-                prefetch=prefetch, query=[q], using=FRAMES, limit=limit, score_threshold=score_threshold
-            )
-        if stages is not None and stages.multi_stage:
-            n = stages.candidates(limit)
-            prefetch = models.Prefetch(query=q, using=DENSE, limit=n, filter=qfilter, params=params)
-            outer: Any = q
-            if stages.mmr_lambda is not None:
-                # Qdrant's diversity is the complement of MMR's lambda.
-                outer = models.NearestQuery(
-                    nearest=q, mmr=models.Mmr(diversity=1 - stages.mmr_lambda, candidates_limit=n)
-                )
-            return self._run(
-                prefetch=prefetch,
-                query=outer,
-                using=DENSE,
-                limit=limit,
-                score_threshold=score_threshold,
-                search_params=self._params(ignore_quantization=stages.exact_rescore),
-            )
-        return self._run(
-            query=q,
-            using=DENSE,
-            limit=limit,
-            query_filter=qfilter,
-            score_threshold=score_threshold,
-            search_params=params,
-        )
-
-    def recommend(
-        self,
-        positives: Sequence[np.ndarray],
-        negatives: Sequence[np.ndarray],
-        *,
-        limit: int,
-        strategy: Literal["best_score", "sum_scores"] = "best_score",
-        filter: FilterSpec | None = None,
-        exclude_ids: Sequence[str] = (),
-    ) -> list[StoredPoint]:
-        query = models.RecommendQuery(
-            recommend=models.RecommendInput(
-                positive=[v.astype(np.float32).tolist() for v in positives],
-                negative=[v.astype(np.float32).tolist() for v in negatives],
-                strategy=models.RecommendStrategy(strategy),
-            )
-        )
-        return self._run(
-            query=query,
-            using=DENSE,
-            limit=limit,
-            query_filter=_qdrant_filter(filter, exclude_ids),
-            search_params=self._params(hnsw_ef=self.hnsw_ef),
-        )
-
-    def fuse(
-        self,
-        vectors: Sequence[np.ndarray],
-        *,
-        weights: Sequence[float],
-        limit: int,
-        per_query: int,
-        filter: FilterSpec | None = None,
-        exclude_ids: Sequence[str] = (),
-    ) -> list[StoredPoint]:
-        qfilter = _qdrant_filter(filter, exclude_ids)
-        prefetch = [
-            models.Prefetch(query=v.astype(np.float32).tolist(), using=DENSE, limit=per_query, filter=qfilter)
-            for v in vectors
-        ]
-        query = models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=list(weights)))
-        return self._run(prefetch=prefetch, query=query, limit=limit)
-
-    def _params(
-        self, *, exact: bool = False, hnsw_ef: int | None = None, ignore_quantization: bool = False
-    ) -> models.SearchParams | None:
-        if self._in_process:  # in-process mode always searches exactly and warns about params
-            return None
-        return models.SearchParams(
-            hnsw_ef=hnsw_ef,
-            exact=exact,
-            quantization=models.QuantizationSearchParams(ignore=ignore_quantization),
-        )
-
-    def _run(self, **kwargs: Any) -> list[StoredPoint]:
-        result = self._client.query_points(self.schema.name, with_payload=True, **kwargs)
-        return [StoredPoint(str(p.id), dict(p.payload or {}), float(p.score)) for p in result.points]
+    def query_batch(self, plans: Sequence[qp.QueryPlan]) -> list[list[StoredPoint]]:
+        if not plans:
+            return []
+        requests = [qp.translate(qp.stage_tree(p, hnsw_ef=self.hnsw_ef), self._translator) for p in plans]
+        # One round trip for the whole batch.
+        responses = self._client.query_batch_points(self.schema.name, requests=requests)
+        return [[stored_point(p) for p in r.points] for r in responses]
 
     def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:
         if not ids:
@@ -229,51 +127,98 @@ class QdrantStore:
         records = self._client.retrieve(
             self.schema.name, ids=list(ids), with_payload=True, with_vectors=with_vectors
         )
-        return [StoredPoint(str(r.id), dict(r.payload or {}), vector=dense_vector(r.vector)) for r in records]
+        return [stored_point(r) for r in records]
 
     def count(self, filter: FilterSpec | None = None) -> int:
-        return int(
-            self._client.count(self.schema.name, count_filter=_qdrant_filter(filter, ()), exact=True).count
-        )
+        return int(self._client.count(self.schema.name, count_filter=_filter(filter), exact=True).count)
 
     def scroll(
         self, *, limit: int, offset: str | None = None, filter: FilterSpec | None = None
     ) -> tuple[list[StoredPoint], str | None]:
         records, next_offset = self._client.scroll(
             self.schema.name,
-            scroll_filter=_qdrant_filter(filter, ()),
+            scroll_filter=_filter(filter),
             limit=limit,
             offset=offset,
             with_payload=True,
         )
-        points = [StoredPoint(str(r.id), dict(r.payload or {})) for r in records]
+        points = [stored_point(r) for r in records]
         return points, (str(next_offset) if next_offset is not None else None)
-
-    def info(self) -> StoreInfo:
-        by_modality = {m.value: self.count(FilterSpec(must=(Match("modality", m.value),))) for m in Modality}
-        return StoreInfo(points=self.count(), schema=self.schema, kind=self.kind, by_modality=by_modality)
 
     def close(self) -> None:
         self._client.close()
 
 
-def _condition(c: Match | MatchAny | Range) -> models.FieldCondition:
-    if isinstance(c, Match):
-        return models.FieldCondition(key=c.key, match=models.MatchValue(value=c.value))
-    if isinstance(c, MatchAny):
-        return models.FieldCondition(key=c.key, match=models.MatchAny(any=list(c.values)))
-    return models.FieldCondition(key=c.key, range=models.Range(gt=c.gt, gte=c.gte, lt=c.lt, lte=c.lte))
+def _filter(spec: FilterSpec | None) -> models.Filter | None:
+    qdrant_filter: models.Filter | None = qp.translate_filter(qp.point_filter(spec), _QdrantTranslator(False))
+    return qdrant_filter
 
 
-def _qdrant_filter(spec: FilterSpec | None, exclude_ids: Sequence[str]) -> models.Filter | None:
-    if (spec is None or spec.is_empty()) and not exclude_ids:
-        return None
-    spec = spec or FilterSpec()
-    must_not: list[Any] = [_condition(c) for c in spec.must_not]
-    if exclude_ids:
-        must_not.append(models.HasIdCondition(has_id=list(exclude_ids)))
-    return models.Filter(
-        must=[_condition(c) for c in spec.must] or None,
-        must_not=must_not or None,
-        should=[_condition(c) for c in spec.should] or None,
-    )
+class _QdrantTranslator:
+    """The neutral query nodes as qdrant-client models (see indexer.query_plan)."""
+
+    def __init__(self, in_process: bool) -> None:
+        # In-process mode always searches exactly and warns when given search params.
+        self.in_process = in_process
+
+    def nearest(self, node: qp.Nearest) -> models.NearestQuery:
+        return models.NearestQuery(nearest=node.vector)
+
+    def mmr(self, node: qp.Mmr) -> models.NearestQuery:
+        # Qdrant's diversity is the complement of MMR's lambda.
+        mmr = models.Mmr(diversity=1 - node.lambda_, candidates_limit=node.candidates)
+        return models.NearestQuery(nearest=node.vector, mmr=mmr)
+
+    def recommend(self, node: qp.Recommend) -> models.RecommendQuery:
+        strategy = models.RecommendStrategy(node.strategy)
+        rec = models.RecommendInput(
+            positive=list(node.positives), negative=list(node.negatives), strategy=strategy
+        )
+        return models.RecommendQuery(recommend=rec)
+
+    def rrf(self, node: qp.Rrf) -> models.RrfQuery:
+        return models.RrfQuery(rrf=models.Rrf(k=node.k, weights=node.weights))
+
+    def match(self, key: str, value: str | int | bool) -> models.FieldCondition:
+        return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+    def match_any(self, key: str, values: tuple[str, ...]) -> models.FieldCondition:
+        return models.FieldCondition(key=key, match=models.MatchAny(any=list(values)))
+
+    def range(self, cond: Range) -> models.FieldCondition:
+        bounds = models.Range(gt=cond.gt, gte=cond.gte, lt=cond.lt, lte=cond.lte)
+        return models.FieldCondition(key=cond.key, range=bounds)
+
+    def has_id(self, ids: tuple[str, ...]) -> models.HasIdCondition:
+        return models.HasIdCondition(has_id=list(ids))
+
+    def filter(
+        self, must: list[Any] | None, must_not: list[Any] | None, should: list[Any] | None
+    ) -> models.Filter:
+        return models.Filter(must=must, must_not=must_not, should=should)
+
+    def params(self, params: qp.Params) -> models.SearchParams | None:
+        if self.in_process:
+            return None
+        quantization = models.QuantizationSearchParams(ignore=params.ignore_quantization)
+        return models.SearchParams(hnsw_ef=params.hnsw_ef, exact=params.exact, quantization=quantization)
+
+    def prefetch(self, stage: qp.Stage, parts: qp.Parts) -> models.Prefetch:
+        return models.Prefetch(**self._fields(stage, parts))
+
+    def request(self, stage: qp.Stage, parts: qp.Parts) -> models.QueryRequest:
+        return models.QueryRequest(**self._fields(stage, parts), with_payload=True)
+
+    def _fields(self, stage: qp.Stage, parts: qp.Parts) -> dict[str, Any]:
+        # Prefetch and QueryRequest share these fields; `using` sits beside the query here, where
+        # qdrant-edge-py puts it inside.
+        using = None if isinstance(stage.scoring, qp.Rrf) else stage.scoring.using
+        return {
+            "query": parts.query,
+            "using": using,
+            "limit": stage.limit,
+            "filter": parts.filter,
+            "params": parts.params,
+            "score_threshold": stage.score_threshold,
+            "prefetch": parts.prefetch,
+        }

@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from indexer.filters import FilterSpec
-from indexer.schema import CollectionSchema, PointRecord, StoredPoint, StoreInfo
-
-RRF_K = 60  # the usual reciprocal-rank-fusion constant
-
-
-@dataclass(frozen=True)
-class Stages:
-    """The stages of a dense query, on Qdrant's query API: an ANN prefetch (optionally over the
-    int8-quantized vectors, oversampled), then re-scoring of those candidates on the full float
-    vectors, then optionally MMR diversity over them."""
-
-    oversampling: float = 1.0  # ANN candidates fetched per result wanted
-    quantized: bool = False
-    exact_rescore: bool = False
-    mmr_lambda: float | None = None  # 1: relevance only ... 0: diversity only
-
-    @property
-    def multi_stage(self) -> bool:
-        return self.oversampling > 1 or self.exact_rescore or self.mmr_lambda is not None or self.quantized
-
-    def candidates(self, limit: int) -> int:
-        return max(limit, math.ceil(limit * self.oversampling))
+from encoders.modality import Modality
+from indexer.filters import FilterSpec, Match
+from indexer.query_plan import DenseQuery, FusionQuery, QueryPlan, RecommendQuery, Strategy
+from indexer.query_plan import Stages as Stages
+from indexer.schema import CollectionSchema, PointRecord, StoredPoint, StoreInfo, dense_vector
 
 
 class StoreError(Exception):
@@ -56,13 +36,21 @@ class StoreLockedError(StoreError):
 
 
 class VectorStore(Protocol):
-    """One collection of points in one embedding space."""
+    """One collection of points in one embedding space.
+
+    The adapters subclass it to inherit `query`, `recommend` and `fuse`, which only build a
+    plan (indexer.query_plan) for the one query method each adapter implements, `query_batch`."""
 
     kind: str
     schema: CollectionSchema
 
     def upsert(self, points: Sequence[PointRecord]) -> None:
         """Write points; raises StoreError for a vector of the wrong shape before writing any."""
+        ...
+
+    def query_batch(self, plans: Sequence[QueryPlan]) -> list[list[StoredPoint]]:
+        """Answer every plan, in one round trip where the engine allows; one list per plan, best
+        first. The adapters implement this one query method; the others build a plan for it."""
         ...
 
     def query(
@@ -82,7 +70,17 @@ class VectorStore(Protocol):
         With `frames_prefetch`, the top that-many points by dense similarity are re-scored by
         MAX_SIM between the query and their frame vectors; points without frames drop out.
         Otherwise `stages` shapes the dense query (see Stages)."""
-        ...
+        plan = DenseQuery(
+            vector,
+            limit,
+            filter=filter,
+            score_threshold=score_threshold,
+            exclude_ids=tuple(exclude_ids),
+            exact=exact,
+            frames_prefetch=frames_prefetch,
+            stages=stages,
+        )
+        return self.query_batch([plan])[0]
 
     def recommend(
         self,
@@ -90,12 +88,20 @@ class VectorStore(Protocol):
         negatives: Sequence[np.ndarray],
         *,
         limit: int,
-        strategy: Literal["best_score", "sum_scores"] = "best_score",
+        strategy: Strategy = "best_score",
         filter: FilterSpec | None = None,
         exclude_ids: Sequence[str] = (),
     ) -> list[StoredPoint]:
         """Qdrant's recommend: close to the positives and away from the negatives."""
-        ...
+        plan = RecommendQuery(
+            tuple(positives),
+            tuple(negatives),
+            limit,
+            strategy=strategy,
+            filter=filter,
+            exclude_ids=tuple(exclude_ids),
+        )
+        return self.query_batch([plan])[0]
 
     def fuse(
         self,
@@ -109,7 +115,15 @@ class VectorStore(Protocol):
     ) -> list[StoredPoint]:
         """Reciprocal rank fusion of one nearest-neighbour list per vector (`per_query` each);
         scores are the fused RRF scores."""
-        ...
+        plan = FusionQuery(
+            tuple(vectors),
+            tuple(weights),
+            limit,
+            per_query=per_query,
+            filter=filter,
+            exclude_ids=tuple(exclude_ids),
+        )
+        return self.query_batch([plan])[0]
 
     def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:
         """Points that exist among `ids` (missing ids are left out), in no set order."""
@@ -129,7 +143,10 @@ class VectorStore(Protocol):
         """Build pending indexes (HNSW) so queries run at full speed."""
         ...
 
-    def info(self) -> StoreInfo: ...
+    def info(self) -> StoreInfo:
+        """Point counts, in all and per modality."""
+        by_modality = {m.value: self.count(FilterSpec(must=(Match("modality", m.value),))) for m in Modality}
+        return StoreInfo(points=self.count(), schema=self.schema, kind=self.kind, by_modality=by_modality)
 
     def close(self) -> None: ...
 
@@ -151,3 +168,11 @@ def check_shapes(points: Sequence[PointRecord], dim: int) -> None:
             raise StoreError(f"point {p.id}: vector shape {p.vector.shape}, expected ({dim},)")
         if p.frames is not None and (p.frames.ndim != 2 or p.frames.shape[1] != dim or len(p.frames) == 0):
             raise StoreError(f"point {p.id}: frames shape {p.frames.shape}, expected (n >= 1, {dim})")
+
+
+def stored_point(record: Any) -> StoredPoint:
+    """A point from either engine's record or scored point: both name the fields alike, and the
+    score or vector is None where the call did not ask for it."""
+    score = getattr(record, "score", None)
+    vector = dense_vector(getattr(record, "vector", None))
+    return StoredPoint(str(record.id), dict(record.payload or {}), float(score or 0.0), vector)

@@ -15,6 +15,7 @@ from encoders.calibration import Calibration
 from encoders.modality import Modality
 from encoders.vectors import unit
 from indexer.filters import FilterError, FilterSpec, Match, MatchAny, validate
+from indexer.query_plan import DenseQuery
 from indexer.schema import StoredPoint
 from indexer.store import Stages, VectorStore
 from server.errors import InvalidArgument
@@ -156,23 +157,26 @@ def _candidates(
             exclude_ids=plan.exclude_ids,
         )
     q = plan.mean_vector()
-    hits = store.query(
-        q, limit=limit, filter=spec, score_threshold=params.score_threshold, exclude_ids=plan.exclude_ids,
-        stages=params.stages,
-    )  # fmt: skip
-    if not (wants_video and params.frames_rescore):
-        return hits
-    # Video segments are re-scored by MAX_SIM over their frames, so a query that matches one
-    # frame finds its segment even when the segment's mean vector lies elsewhere.
-    segments = spec.and_(FilterSpec(must=(Match("modality", "video"), Match("track", "visual"))))
-    rescored = store.query(
-        q,
-        limit=limit,
-        filter=segments,
-        score_threshold=params.score_threshold,
-        exclude_ids=plan.exclude_ids,
-        frames_prefetch=max(int(params.stages.oversampling * limit), 200),
+    threshold, excluded = params.score_threshold, plan.exclude_ids
+    dense = DenseQuery(
+        q, limit, filter=spec, score_threshold=threshold, exclude_ids=excluded, stages=params.stages
     )
+    if not (wants_video and params.frames_rescore):
+        return store.query_batch([dense])[0]
+    # Video segments are re-scored by MAX_SIM over their frames, so a query that matches one
+    # frame finds its segment even when the segment's mean vector lies elsewhere. Both lists
+    # come back from one round trip.
+    segments = spec.and_(FilterSpec(must=(Match("modality", "video"), Match("track", "visual"))))
+    frames_prefetch = max(int(params.stages.oversampling * limit), 200)
+    frames = DenseQuery(
+        q,
+        limit,
+        filter=segments,
+        score_threshold=threshold,
+        exclude_ids=excluded,
+        frames_prefetch=frames_prefetch,
+    )
+    hits, rescored = store.query_batch([dense, frames])
     best = {h.id: h for h in hits}
     for h in rescored:
         if h.id not in best or h.score > best[h.id].score:

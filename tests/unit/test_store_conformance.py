@@ -295,3 +295,29 @@ def test_recommend_and_fusion(store_factory: MakeStore) -> None:
     heavy_b = [h.id for h in store.fuse([a, b], weights=[0.01, 3.0], limit=20, per_query=10)]
     assert heavy_b.index(pts[2].id) < heavy_b.index(pts[1].id)
     assert heavy_a.index(pts[1].id) < heavy_a.index(pts[2].id)
+
+
+def test_query_batch_answers_each_plan_in_order(store_factory: MakeStore) -> None:
+    from indexer.query_plan import DenseQuery, FusionQuery, QueryPlan, RecommendQuery
+    from indexer.store import Stages
+
+    store = store_factory(SCHEMA)
+    pts = _points(40)
+    store.upsert(pts)
+    a, b = pts[1].vector, pts[2].vector
+    plans: list[QueryPlan] = [
+        DenseQuery(a, 5),
+        DenseQuery(b, 3, filter=FilterSpec(must=(Match("modality", "text"),)), stages=Stages(oversampling=2)),
+        RecommendQuery((a,), (b,), 4),
+        FusionQuery((a, b), (1.0, 0.5), 20, per_query=10),
+    ]
+    batch = store.query_batch(plans)
+    assert [len(r) for r in batch[:3]] == [5, 3, 4] and 10 <= len(batch[3]) <= 20
+    assert batch[0][0].id == pts[1].id and batch[1][0].id == pts[2].id
+    assert batch[0] == store.query(a, limit=5)
+    assert batch[2] == store.recommend([a], [b], limit=4)
+    # RRF scores tie often, and the embedded engine orders tied points differently from call to
+    # call: compare (score, id) pairs, with a limit that keeps every candidate (no cut-off tie).
+    fused = store.fuse([a, b], weights=[1.0, 0.5], limit=20, per_query=10)
+    assert sorted((-h.score, h.id) for h in batch[3]) == sorted((-h.score, h.id) for h in fused)
+    assert store.query_batch([]) == []
