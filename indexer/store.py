@@ -11,7 +11,7 @@ from encoders.modality import Modality
 from indexer.filters import FilterSpec, Match
 from indexer.query_plan import DenseQuery, FusionQuery, QueryPlan, RecommendQuery, Strategy
 from indexer.query_plan import Stages as Stages
-from indexer.schema import CollectionSchema, PointRecord, StoredPoint, StoreInfo, dense_vector
+from indexer.schema import CollectionSchema, Key, PointRecord, StoredPoint, StoreInfo, dense_vector
 
 
 class StoreError(Exception):
@@ -145,7 +145,9 @@ class VectorStore(Protocol):
 
     def info(self) -> StoreInfo:
         """Point counts, in all and per modality."""
-        by_modality = {m.value: self.count(FilterSpec(must=(Match("modality", m.value),))) for m in Modality}
+        by_modality = {
+            m.value: self.count(FilterSpec(must=(Match(Key.MODALITY, m.value),))) for m in Modality
+        }
         return StoreInfo(points=self.count(), schema=self.schema, kind=self.kind, by_modality=by_modality)
 
     def close(self) -> None: ...

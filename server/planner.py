@@ -16,7 +16,7 @@ from encoders.modality import Modality
 from encoders.vectors import unit
 from indexer.filters import FilterError, FilterSpec, Match, MatchAny, validate
 from indexer.query_plan import DenseQuery
-from indexer.schema import StoredPoint
+from indexer.schema import VISUAL_TRACK, Key, StoredPoint
 from indexer.store import Stages, VectorStore
 from server.errors import InvalidArgument
 
@@ -94,7 +94,9 @@ def check_params(params: SearchParams, max_top_k: int) -> FilterSpec:
         except FilterError as exc:
             raise InvalidArgument(str(exc)) from exc
     if params.modalities:
-        spec = spec.and_(FilterSpec(must=(MatchAny("modality", tuple(m.value for m in params.modalities)),)))
+        spec = spec.and_(
+            FilterSpec(must=(MatchAny(Key.MODALITY, tuple(m.value for m in params.modalities)),))
+        )
     return spec
 
 
@@ -131,7 +133,7 @@ def run(
             hits = [h for h in hits if (h.calibrated or 0.0) >= params.calibrated_threshold]
         grouped = group_by_media(hits, params.top_k, params.group_size)
         outcome.stage_ms["group"] = (time.perf_counter() - t0) * 1e3
-        media = {h.payload.get("media_id") or h.id for h in grouped}
+        media = {h.payload.get(Key.MEDIA_ID) or h.id for h in grouped}
         if len(media) >= params.top_k or len(hits) < limit or limit >= MAX_CANDIDATES:
             break
         limit = min(limit * 4, MAX_CANDIDATES)
@@ -166,7 +168,9 @@ def _candidates(
     # Video segments are re-scored by MAX_SIM over their frames, so a query that matches one
     # frame finds its segment even when the segment's mean vector lies elsewhere. Both lists
     # come back from one round trip.
-    segments = spec.and_(FilterSpec(must=(Match("modality", "video"), Match("track", "visual"))))
+    segments = spec.and_(
+        FilterSpec(must=(Match(Key.MODALITY, Modality.VIDEO.value), Match(Key.TRACK, VISUAL_TRACK)))
+    )
     frames_prefetch = max(int(params.stages.oversampling * limit), 200)
     frames = DenseQuery(
         q,
@@ -204,7 +208,7 @@ def _calibrate(
             if p.vector is not None:
                 cosines[p.id] = float(p.vector @ q)
     for h in hits:
-        target = str(h.payload.get("modality", "text"))
+        target = str(h.payload.get(Key.MODALITY, Modality.TEXT.value))
         h.calibrated = calibration.score(plan.modality.value, target, cosines[h.id])
 
 
@@ -215,7 +219,7 @@ def group_by_media(hits: Sequence[StoredPoint], top_k: int, group_size: int) -> 
     per_media: dict[str, int] = {}
     out: list[StoredPoint] = []
     for h in hits:
-        key = str(h.payload.get("media_id") or h.id)
+        key = str(h.payload.get(Key.MEDIA_ID) or h.id)
         count = per_media.get(key)
         if count is None and len(per_media) >= top_k:
             continue
