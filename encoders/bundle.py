@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,23 +35,43 @@ TINY = "tiny"
 OPENCLIP_PREFIX = "openclip:"
 TINY_MODEL_NAME = "mmsearch-tiny"
 TINY_AUDIO_CONFIG = "mmsearch-tiny-audio.json"
-CONFIG_DIR = Path(__file__).parent / "configs"
+# Model configs shipped as package data (pyproject: tool.setuptools.package-data), read through
+# importlib.resources so they are found in a wheel or zip as well as in a source checkout.
+CONFIG_PACKAGE = "encoders"
+CONFIG_FOLDER = "configs"
+# open_clip model configs registered by register_builtin_configs(); the file is NAME.json.
+BUILTIN_MODEL_CONFIGS = (TINY_MODEL_NAME,)
 BUNDLE_META = "bundle.json"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 AUDIO_CONFIG = "audio_config.json"
 AUDIO_WEIGHTS = "audio_model.safetensors"
 
-_registered = False
+
+def builtin_config_text(filename: str) -> str:
+    """The text of one config file shipped in ``encoders/configs``."""
+    return (resources.files(CONFIG_PACKAGE) / CONFIG_FOLDER / filename).read_text(encoding="utf-8")
 
 
-def _register_builtin_configs() -> None:
-    # Done on first use rather than at import: importing the package must not touch
-    # open_clip's global registry.
-    global _registered
-    if not _registered:
-        open_clip.add_model_config(CONFIG_DIR)
-        _registered = True
+def register_builtin_configs() -> None:
+    """Register mmsearch's model configs (``mmsearch-tiny``) with open_clip's model registry.
+
+    Explicit and idempotent: importing this module registers nothing; :func:`load_bundle` calls
+    this, and a config open_clip already lists is left as it is, so calling it again is harmless.
+    """
+    known = set(open_clip.list_models())
+    for name in BUILTIN_MODEL_CONFIGS:
+        if name in known:
+            continue
+        # open_clip registers configs from files only, named after the file's stem, and reads the
+        # file at once. A copy in a scratch folder works wherever the package lives (a zipped
+        # wheel has no real path; importlib's as_file would rename the file).
+        with tempfile.TemporaryDirectory(prefix="mmsearch-configs-") as scratch:
+            path = Path(scratch) / f"{name}.json"
+            path.write_text(builtin_config_text(path.name), encoding="utf-8")
+            open_clip.add_model_config(path)
+        if name not in open_clip.list_models():
+            raise BundleError(f"open_clip did not accept the built-in model config {name!r}")
 
 
 @dataclass(frozen=True)
@@ -146,8 +168,11 @@ def compute_bundle_id(
 
 def _load_audio_tower(spec: BundleSpec, embed_dim: int) -> AudioTower | None:
     if spec.name == TINY:
-        torch.manual_seed(1)
-        return AudioTower(AudioTowerCfg.load(CONFIG_DIR / TINY_AUDIO_CONFIG, embed_dim=embed_dim)).eval()
+        cfg = AudioTowerCfg.from_dict(json.loads(builtin_config_text(TINY_AUDIO_CONFIG)), embed_dim=embed_dim)
+        # Seeded random weights, drawn from a forked generator: the caller's RNG state is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            return AudioTower(cfg).eval()
     if not spec.model_name.startswith("local-dir:"):
         return None
     root = Path(spec.name)
@@ -174,15 +199,19 @@ def _load_audio_tower(spec: BundleSpec, embed_dim: int) -> AudioTower | None:
 def load_bundle(name: str, device: str | None = None) -> ModelBundle:
     """Load a bundle by name or directory. Raises BundleError with what to do when it cannot."""
     spec = parse_bundle_name(name)
-    _register_builtin_configs()
+    register_builtin_configs()
     if spec.pretrained and not Path(spec.pretrained).is_file() and "/" in spec.pretrained:
         raise BundleError(f"bundle {name!r}: weights file {spec.pretrained} does not exist")
-    if spec.seed is not None:
-        torch.manual_seed(spec.seed)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            spec.model_name, pretrained=spec.pretrained, device="cpu"
-        )
+        # Model init draws from a forked generator (seeded for tiny), so loading a bundle leaves
+        # the caller's global RNG state as it was. The model is built on the CPU, so only the
+        # CPU generator is forked.
+        with torch.random.fork_rng(devices=[]):
+            if spec.seed is not None:
+                torch.manual_seed(spec.seed)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.model_name, pretrained=spec.pretrained, device="cpu"
+            )
     except (RuntimeError, OSError, ValueError) as exc:
         hint = ""
         if spec.pretrained and not Path(spec.pretrained).is_file():

@@ -8,14 +8,15 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from mmsearch import cli_train
 from mmsearch import client as mc
-from mmsearch.remote import remote_sink
-from mmsearch.settings import server_config
+
+if TYPE_CHECKING:
+    from server.services import Services
 
 
 def _add_store_flags(p: argparse.ArgumentParser) -> None:
@@ -95,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_store_flags(stats)
     stats.add_argument("--json", action="store_true")
 
+    health = sub.add_parser("health", help="exit 0 when a server reports SERVING (container health checks)")
+    health.add_argument("--server", required=True, help="HOST:PORT of a running server")
+    health.add_argument("--service", default="", help="a service name (default: the whole server)")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+
     cli_train.add_parsers(sub)
     demo = sub.add_parser("demo", help="sample library -> train -> ingest -> serve -> cross-modal queries")
     demo.add_argument("--dir", type=Path, default=Path("demo"), help="working folder (default ./demo)")
@@ -109,9 +115,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("mmsearch").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     # open_clip logs a warning for every randomly initialised model; the tiny bundle is one by design.
     logging.getLogger().handlers[0].addFilter(lambda r: "initialized randomly" not in r.getMessage())
-    from encoders.errors import BundleError, EncoderError
-    from indexer.store import StoreError
-
     try:
         handler = {
             "serve": _serve,
@@ -123,18 +126,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             "eval": cli_train.run_eval,
             "demo": _demo,
             "mine": _mine,
+            "health": _health,
         }[args.command]
         return handler(args)
     except grpc.RpcError as exc:
         code = exc.code()
         print(f"mmsearch: {code.name if code else 'ERROR'}: {exc.details()}", file=sys.stderr)
         return 1
-    except (BundleError, StoreError, OSError, ValueError, EncoderError) as exc:
+    except _user_errors() as exc:
         print(f"mmsearch: {exc}", file=sys.stderr)
         return 1
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors reported as one line. Called only once an exception is raised (an ``except``
+    clause is evaluated lazily), so the ``--server`` commands never load the store modules."""
+    from encoders.errors import EncoderError
+    from indexer.store import StoreError
+
+    return (StoreError, OSError, ValueError, EncoderError)
+
+
+# Local-mode handlers import the server, indexer and model code where they run: the
+# ``--server`` paths load only the gRPC client (no torch, no open_clip) and start fast.
 def _serve(args: argparse.Namespace) -> int:
+    from mmsearch.settings import server_config
     from server.app import run
 
     config = server_config(args)
@@ -147,7 +163,8 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_services(args: argparse.Namespace) -> Any:
+def _local_services(args: argparse.Namespace) -> Services:
+    from mmsearch.settings import server_config
     from server.services import build_services
 
     return build_services(server_config(args))
@@ -158,6 +175,8 @@ def _ingest(args: argparse.Namespace) -> int:
 
     progress = not args.no_progress
     if args.server:
+        from mmsearch.remote import remote_sink
+
         with mc.MMSearchClient(args.server) as client:
             summary = ingest_path(
                 args.path, remote_sink(client), batch_items=args.batch_size, progress=progress
@@ -300,6 +319,13 @@ def _stats(args: argparse.Namespace) -> int:
         for k, v in out.items():
             print(f"{k}: {v}")
     return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    with mc.MMSearchClient(args.server, timeout=args.timeout) as client:
+        status = client.health(args.service)
+    print(status)
+    return 0 if status == "SERVING" else 1
 
 
 def _demo(args: argparse.Namespace) -> int:

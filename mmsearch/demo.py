@@ -18,7 +18,7 @@ from typing import Any
 
 from mmsearch import client as mc
 
-CONFIG = Path(__file__).resolve().parents[1] / "trainer" / "configs" / "sample.json"
+STARTER_CONFIG = "sample.json"  # trainer/configs/, shipped with the package
 
 
 def _step(title: str) -> None:
@@ -26,10 +26,10 @@ def _step(title: str) -> None:
 
 
 def _train_starter(lib: Path, bundle_dir: Path, retrain: bool) -> None:
-    from trainer.config import load_config
+    from trainer.config import load_config, packaged_config
     from trainer.train import train
 
-    config = load_config(CONFIG)
+    config = load_config(packaged_config(STARTER_CONFIG))
     marker = bundle_dir / "demo-train.json"
     # Round-trip through JSON so tuples compare equal to the lists read back from the marker.
     want = json.loads(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
-from indexer.ingest import Sink
 from indexer.inputs import ItemInput, ItemOutcome
 from mmsearch import client as mc
+
+if TYPE_CHECKING:
+    from indexer.ingest import Sink
 
 
 def remote_sink(client: mc.MMSearchClient) -> Sink:

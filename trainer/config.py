@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +75,21 @@ class TrainConfig:
         return asdict(self)
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def packaged_config(name: str) -> Traversable:
+    """A config shipped inside the package (trainer/configs/NAME), read through importlib.resources
+    so it works from a wheel or a zip as well as from the checkout."""
+    return resources.files("trainer") / "configs" / name
+
+
+def load_config(
+    path: str | Path | Traversable | None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
     """Defaults, then the JSON file, then `overrides` (None values are ignored)."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            data = json.loads(Path(path).read_text())
+            source = path if isinstance(path, Traversable) else Path(path)
+            data = json.loads(source.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read training config {path}: {exc}") from exc
         if not isinstance(data, dict):

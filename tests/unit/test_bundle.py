@@ -3,10 +3,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 
-from encoders.bundle import ModelBundle, load_bundle, parse_bundle_name, save_bundle
+from encoders.bundle import (
+    TINY_MODEL_NAME,
+    ModelBundle,
+    load_bundle,
+    parse_bundle_name,
+    register_builtin_configs,
+    save_bundle,
+)
 from encoders.encoder import Encoder
 from encoders.errors import BundleError
 from tests.media import make_image
@@ -16,6 +24,32 @@ def test_tiny_bundle_is_deterministic(tiny_bundle: ModelBundle) -> None:
     again = load_bundle("tiny", device="cpu")
     assert again.bundle_id == tiny_bundle.bundle_id
     assert tiny_bundle.embed_dim == 64 and tiny_bundle.context_length == 77
+
+
+def test_tiny_bundle_id_is_stable(tiny_bundle: ModelBundle) -> None:
+    # Stored indexes record this id: a change in how tiny's weights are drawn orphans them.
+    assert tiny_bundle.bundle_id == "b550e60ab94bbd8ff5364026"
+
+
+def test_loading_a_bundle_leaves_the_global_rng_alone(tiny_bundle: ModelBundle) -> None:
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    torch.manual_seed(1234)
+    state = torch.random.get_rng_state()
+    again = load_bundle("tiny", device="cpu")
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(torch.rand(4), expected)
+    assert again.bundle_id == tiny_bundle.bundle_id
+
+
+def test_registering_builtin_configs_twice_is_harmless(tiny_bundle: ModelBundle) -> None:
+    register_builtin_configs()
+    models = open_clip.list_models()
+    config = open_clip.get_model_config(TINY_MODEL_NAME)
+    register_builtin_configs()
+    assert open_clip.list_models() == models and models.count(TINY_MODEL_NAME) == 1
+    assert open_clip.get_model_config(TINY_MODEL_NAME) == config
+    assert load_bundle("tiny", device="cpu").bundle_id == tiny_bundle.bundle_id
 
 
 def test_encoder_outputs_are_unit_float32(encoder: Encoder) -> None:
