@@ -10,6 +10,9 @@ from PIL import Image
 from encoders.errors import MediaDecodeError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+# The Pillow decoders tried on untrusted bytes: the formats above and no others. Pillow otherwise
+# probes ~40 formats, some rarely exercised and one (EPS) that runs Ghostscript.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 TEXT_EXTENSIONS = frozenset({".txt", ".md"})
 
 # Pillow's default bomb limit (~89 MP) warns first and errors only at twice that; a service
@@ -28,7 +31,7 @@ def decode_image(data: bytes, *, name: str = "image") -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
                 width, height = img.size
                 if width * height > MAX_IMAGE_PIXELS:
                     raise MediaDecodeError(
@@ -44,7 +47,8 @@ def decode_image(data: bytes, *, name: str = "image") -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise MediaDecodeError(f"{name}: image too large to decode safely ({exc})") from exc
     except Image.UnidentifiedImageError as exc:
-        raise MediaDecodeError(f"{name}: not a recognised image format") from exc
+        accepted = ", ".join(IMAGE_FORMATS)
+        raise MediaDecodeError(f"{name}: not a recognised image format (accepted: {accepted})") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise MediaDecodeError(f"{name}: corrupt or truncated image ({exc})") from exc
 

@@ -152,9 +152,15 @@ _VIDEO_CODECS = {
 
 
 def write_video(
-    path: Path, frames: list[Image.Image], fps: int = 2, audio: np.ndarray | None = None, rate: int = RATE
+    path: Path,
+    frames: list[Image.Image],
+    fps: int = 2,
+    audio: np.ndarray | None = None,
+    rate: int = RATE,
+    gop: int | None = None,
 ) -> Path:
-    """A video showing `frames` in turn at `fps`, with `audio` (mono, at `rate`) as its track.
+    """A video showing `frames` in turn at `fps`, with `audio` (mono, at `rate`) as its track and
+    a keyframe every `gop` frames and nowhere else (the encoder's choice when None).
     x264 runs losslessly in 4:4:4 so a frame decodes to (almost) the pixels it was given."""
     vcodec, acodec = _VIDEO_CODECS[path.suffix]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,9 +169,11 @@ def write_video(
         vs.width, vs.height = frames[0].size
         if vcodec == "libx264":
             vs.pix_fmt = "yuv444p"
-            vs.options = {"qp": "0"}
+            vs.options = {"qp": "0"} if gop is None else {"qp": "0", "sc_threshold": "0"}
         else:
             vs.pix_fmt = "yuv420p"
+        if gop is not None:
+            vs.gop_size = gop
         astream = None
         if audio is not None:
             out_rate = 48_000 if acodec == "libopus" else rate
@@ -188,3 +196,58 @@ def extract_audio_track(video: Path, out: Path) -> Path:
             f.to_ndarray().reshape(-1) for fr in container.decode(audio=0) for f in resampler.resample(fr)
         ]
     return write_wav(out, np.concatenate(chunks))
+
+
+# -- hostile media: small files that decode to a lot -----------------------------------------
+
+
+def write_flat_video(path: Path, size: tuple[int, int], frames: int, fps: int = 1) -> Path:
+    """An h264 mp4 of `frames` identical frames of one flat colour: tens of KB at 4K, because
+    every frame after the first is a skip. Decoded in full it is width x height x 3 bytes a frame."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    picture = np.full((height, width, 3), (40, 120, 200), dtype=np.uint8)
+    frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+    with av.open(str(path), "w", format="mp4") as container:
+        vs: Any = container.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        vs.options = {"preset": "ultrafast"}
+        for i in range(frames):
+            frame.pts = i
+            for packet in vs.encode(frame):
+                container.mux(packet)
+        for packet in vs.encode(None):
+            container.mux(packet)
+    return path
+
+
+def write_silence_flac(path: Path, seconds: float, rate: int = RATE) -> Path:
+    """FLAC of `seconds` of silence: an hour is ~0.6 MB on disk and 230 MB of float32 at 16 kHz."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = 1 << 18
+    zeros = np.zeros((1, block), dtype=np.int16)
+    total = int(seconds * rate)
+    with av.open(str(path), "w", format="flac") as container:
+        stream: Any = container.add_stream("flac", rate=rate, layout="mono")
+        stream.format = "s16"
+        for start in range(0, total, block):
+            frame = av.AudioFrame.from_ndarray(
+                zeros[:, : min(block, total - start)], format="s16", layout="mono"
+            )
+            frame.sample_rate, frame.pts = rate, start
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def with_flac_total_samples(data: bytes, total: int) -> bytes:
+    """FLAC bytes whose STREAMINFO header claims `total` samples (0: unknown): a header that lies."""
+    if data[:4] != b"fLaC":
+        raise ValueError("not FLAC bytes")
+    # STREAMINFO follows the 4-byte marker and a 4-byte block header; its bytes 10..17 pack the
+    # sample rate (20 bits), channels (3), bits per sample (5) and the total sample count (36).
+    field = int.from_bytes(data[18:26], "big")
+    field = (field & ~((1 << 36) - 1)) | (total & ((1 << 36) - 1))
+    return data[:18] + field.to_bytes(8, "big") + data[26:]

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from encoders.decode import MediaDecoder
@@ -46,6 +47,22 @@ def test_bytes_and_frame_cap(tmp_path: Path) -> None:
         capped.close()
     assert len(video.frames) == 4 and video.audio is None
     assert list(video.times) == pytest.approx([0.0, 2.5, 5.0, 7.5], abs=0.01)
+
+
+@pytest.mark.parametrize("gop", [4, 1000])
+def test_far_apart_frames_are_the_frames_at_their_times(tmp_path: Path, gop: int) -> None:
+    # A keyframe every 2 s: seeks land near each target. 1000: one keyframe, seeking cannot help.
+    images = [make_image(i) for i in range(120)]
+    path = write_video(tmp_path / "long.mp4", images, fps=2, gop=gop)
+    spread = MediaDecoder(max_frames=3)
+    try:
+        video = spread.video(path, name="long.mp4")
+    finally:
+        spread.close()
+    assert list(video.times) == pytest.approx([0.0, 20.0, 40.0]) and video.duration == pytest.approx(60.0)
+    for frame, index in zip(video.frames, [0, 40, 80], strict=True):
+        expected = np.asarray(images[index], dtype=np.float32)
+        assert np.abs(frame.astype(np.float32) - expected).mean() < 2.0
 
 
 def test_bad_media_is_reported_by_name(decoder: MediaDecoder, tmp_path: Path) -> None:
