@@ -200,7 +200,9 @@ def _dense_tree(plan: DenseQuery, hnsw_ef: int | None) -> Stage:
     ann = Stage(Nearest(q, DENSE), n, where, ann_params)
     outer: Scoring = Nearest(q, DENSE) if stages.mmr_lambda is None else Mmr(q, stages.mmr_lambda, n, DENSE)
     # The re-scoring stage reads the full float vectors unless told to stay quantized.
-    rescore = Params(ignore_quantization=stages.exact_rescore)
+    # The re-scoring stage reads the full vectors unless the caller asked for a quantized search
+    # and declined exact re-scoring: an unquantized search must never score by the int8 codes.
+    rescore = Params(ignore_quantization=stages.exact_rescore or not stages.quantized)
     return Stage(outer, plan.limit, params=rescore, score_threshold=plan.score_threshold, prefetch=(ann,))
 
 

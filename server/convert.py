@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -41,6 +41,9 @@ _HIT_FIELDS = frozenset(
     }
 )
 _TRACKS = {VISUAL_TRACK: pb.TRACK_VISUAL, AUDIO_TRACK: pb.TRACK_AUDIO}
+_TRACK_NAMES = {v: k for k, v in _TRACKS.items()}
+# System attributes typed int in PointPayload; a Struct brings every number back as a float.
+_INT_ATTRIBUTES = frozenset({Key.SEGMENTS, Key.CHAR_START, Key.CHAR_END, Key.WIDTH, Key.HEIGHT})
 
 
 def modality_to_proto(m: Modality) -> pb.Modality:
@@ -69,6 +72,21 @@ def query_from_proto(q: pb.QueryInput, *, field: str = "query") -> QueryInput:
     if kind == "video":
         return QueryInput(video=q.video)
     raise InvalidArgument(f"{field} is empty: set text, image, audio, video or id")
+
+
+def query_to_proto(q: QueryInput) -> pb.QueryInput:
+    """The inverse of query_from_proto; an input with nothing set gives an empty message."""
+    if q.text is not None:
+        return pb.QueryInput(text=q.text)
+    if q.image is not None:
+        return pb.QueryInput(image=q.image)
+    if q.id is not None:
+        return pb.QueryInput(id=q.id)
+    if q.audio is not None:
+        return pb.QueryInput(audio=q.audio)
+    if q.video is not None:
+        return pb.QueryInput(video=q.video)
+    return pb.QueryInput()
 
 
 def _condition_from_proto(c: pb.Condition, where: str) -> Condition:
@@ -103,6 +121,32 @@ def filter_from_proto(f: pb.Filter, *, field: str = "filter") -> FilterSpec:
         raise InvalidArgument(str(exc)) from exc
 
 
+def _condition_to_proto(c: Condition) -> pb.Condition:
+    if isinstance(c, MatchAny):
+        return pb.Condition(key=c.key, any_of=pb.KeywordList(values=c.values))
+    if isinstance(c, Range):
+        out = pb.Condition(key=c.key)
+        out.range.SetInParent()  # a range without bounds is still a range (validation refuses it)
+        for bound in ("gt", "gte", "lt", "lte"):
+            if (value := getattr(c, bound)) is not None:
+                setattr(out.range, bound, value)
+        return out
+    if isinstance(c.value, bool):  # before int: a bool is an int
+        return pb.Condition(key=c.key, boolean=c.value)
+    if isinstance(c.value, int):
+        return pb.Condition(key=c.key, integer=c.value)
+    return pb.Condition(key=c.key, keyword=c.value)
+
+
+def filter_to_proto(spec: FilterSpec) -> pb.Filter:
+    """The inverse of filter_from_proto."""
+    return pb.Filter(
+        must=[_condition_to_proto(c) for c in spec.must],
+        must_not=[_condition_to_proto(c) for c in spec.must_not],
+        should=[_condition_to_proto(c) for c in spec.should],
+    )
+
+
 def struct_from_dict(d: dict[str, Any]) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update(d)
@@ -134,6 +178,31 @@ def hit_to_proto(p: StoredPoint) -> pb.SearchHit:
     )
 
 
+def hit_from_proto(hit: pb.SearchHit) -> StoredPoint:
+    """The inverse of hit_to_proto, as far as a hit carries it: the payload's `point_ids` are not
+    sent, a calibrated score of 0 reads as 0.0 (not None), `pooled` is kept for time ranges (where
+    the payload always has it) and for True, and user metadata numbers come back as floats."""
+    payload: dict[str, Any] = struct_to_dict(hit.attributes)
+    for key in _INT_ATTRIBUTES & payload.keys():
+        if isinstance(payload[key], float) and payload[key].is_integer():
+            payload[key] = int(payload[key])
+    modality = _FROM_PROTO.get(hit.modality)
+    payload[Key.MODALITY] = modality.value if modality else ""
+    payload.update({Key.SOURCE: hit.source, Key.MEDIA_ID: hit.media_id, Key.SEGMENT: hit.segment})
+    payload[Key.META] = struct_to_dict(hit.metadata)
+    if hit.text:
+        payload[Key.TEXT] = hit.text
+    if hit.HasField("t_start"):
+        payload[Key.T_START] = hit.t_start
+    if hit.HasField("t_end"):
+        payload[Key.T_END] = hit.t_end
+    if hit.track in _TRACK_NAMES:
+        payload[Key.TRACK] = _TRACK_NAMES[hit.track]
+    if hit.pooled or hit.HasField("t_start"):
+        payload[Key.POOLED] = hit.pooled
+    return StoredPoint(id=hit.id, payload=payload, score=hit.score, calibrated=hit.calibrated_score)
+
+
 def item_from_proto(item: pb.Item, index: int) -> ItemInput:
     kind = item.WhichOneof("content")
     field = f"items[{index}]"
@@ -148,6 +217,27 @@ def item_from_proto(item: pb.Item, index: int) -> ItemInput:
         data = getattr(item, kind)
         return ItemInput(Modality(kind), data, item.source, item.id or None, metadata, attributes)
     raise InvalidArgument(f"{field} has no content: set text, image, audio or video")
+
+
+def item_to_proto(item: ItemInput) -> pb.Item:
+    """The inverse of item_from_proto. Raises TypeError for content of the wrong type, a Path
+    included: converting does no I/O, so read the file first."""
+    out = pb.Item(
+        id=item.id or "",
+        source=item.source,
+        metadata=struct_from_dict(item.metadata),
+        attributes=struct_from_dict(item.attributes),
+    )
+    data = item.data
+    if item.modality is Modality.TEXT:
+        if not isinstance(data, str):
+            raise TypeError(f"a text item holds a str, got {type(data).__name__}")
+        out.text = data
+    elif isinstance(data, bytes):
+        setattr(out, item.modality.value, data)
+    else:
+        raise TypeError(f"a {item.modality} item holds bytes, got {type(data).__name__}")
+    return out
 
 
 def search_query_from_proto(request: pb.SearchRequest) -> QueryInput | MultiQuery:
@@ -181,8 +271,23 @@ def stages_from_proto(st: pb.SearchStages) -> tuple[Stages, bool]:
     return stages, st.frames_rescore if st.HasField("frames_rescore") else True
 
 
+def stages_to_proto(stages: Stages, frames_rescore: bool = True) -> pb.SearchStages:
+    """The inverse of stages_from_proto: every field set, so no server default applies."""
+    return pb.SearchStages(
+        oversampling=stages.oversampling,
+        quantized=stages.quantized,
+        exact_rescore=stages.exact_rescore,
+        frames_rescore=frames_rescore,
+        mmr_lambda=stages.mmr_lambda,
+    )
+
+
 def modalities_from_proto(values: Iterable[int]) -> tuple[Modality, ...]:
     return tuple(modality_from_proto(m, field=f"modalities[{i}]") for i, m in enumerate(values))
+
+
+def modalities_to_proto(modalities: Iterable[Modality]) -> list[pb.Modality]:
+    return [modality_to_proto(m) for m in modalities]
 
 
 def search_params_from_proto(request: pb.SearchRequest | pb.RecommendRequest) -> SearchParams:
@@ -206,3 +311,31 @@ def search_params_from_proto(request: pb.SearchRequest | pb.RecommendRequest) ->
         frames_rescore=frames,
         fusion="rrf" if request.fusion == pb.FUSION_RRF else "mean",
     )
+
+
+def _weighted_to_proto(inputs: Sequence[tuple[QueryInput, float]]) -> list[pb.WeightedInput]:
+    return [pb.WeightedInput(input=query_to_proto(q), weight=w) for q, w in inputs]
+
+
+def search_request_to_proto(query: QueryInput | MultiQuery, params: SearchParams) -> pb.SearchRequest:
+    """The inverse of search_query_from_proto and search_params_from_proto together. Floats
+    travel as float32 (thresholds, stage options, weights)."""
+    request = pb.SearchRequest(
+        top_k=params.top_k,
+        modalities=modalities_to_proto(params.modalities),
+        score_threshold=params.score_threshold,
+        group_size=params.group_size,
+        fusion=pb.FUSION_RRF if params.fusion == "rrf" else pb.FUSION_UNSPECIFIED,
+        stages=stages_to_proto(params.stages, params.frames_rescore),
+        calibrated_threshold=params.calibrated_threshold,
+    )
+    if params.filter is not None:
+        request.filter.SetInParent()  # an empty filter is still a filter
+        request.filter.MergeFrom(filter_to_proto(params.filter))
+    if isinstance(query, QueryInput):
+        request.query.SetInParent()
+        request.query.MergeFrom(query_to_proto(query))
+    else:
+        request.positives.extend(_weighted_to_proto(query.positives))
+        request.negatives.extend(_weighted_to_proto(query.negatives))
+    return request

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from indexer.edge_store import SHARD_DIR, EdgeStore
+from indexer.schema import CollectionSchema, PointRecord
 from mmsearch.client import MMSearchClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,6 +81,28 @@ def start_server(
         if line.startswith("mmsearch serving on "):
             target = line.split()[3]
             return ServerProcess(proc, target, data_dir, output)
+
+
+def write_quantized_store(data_dir: Path, schema: CollectionSchema, points: Sequence[PointRecord]) -> None:
+    """An embedded store in `data_dir` holding `points`, every segment already indexed with its
+    int8 codes, for `start_server` to open. A shard builds the codes only past ~10 MB of vectors
+    (some 40,000 points here), which test data never reaches, so quantization would change nothing
+    a test can see: lower the shard's indexing threshold instead. No graph (m=0): the ANN pass
+    scans the int8 codes, so what it finds does not depend on HNSW's randomness."""
+    EdgeStore(data_dir, schema, hnsw_m=0).close()
+    config_path = data_dir / SHARD_DIR / "edge_config.json"
+    config = json.loads(config_path.read_text())
+    config["optimizers"] = {"indexing_threshold": 1}  # KB: index every segment
+    config_path.write_text(json.dumps(config))
+    store = EdgeStore(data_dir, schema)
+    try:
+        store.upsert(points)
+        store.optimize()
+        indexed = store._shard.info().indexed_vectors_count
+        if indexed < len(points):  # the shard ignored the threshold: no int8 codes to test
+            raise RuntimeError(f"{indexed} of {len(points)} vectors indexed in {data_dir}")
+    finally:
+        store.close()
 
 
 def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:

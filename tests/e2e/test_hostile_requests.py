@@ -132,8 +132,12 @@ def _nested_value(depth: int) -> bytes:
 
 
 def test_huge_weights_do_not_zero_every_score(client: MMSearchClient) -> None:
-    client.upsert([mc.text_item("weighted red kite"), mc.text_item("weighted blue whale")])
+    tag = {"set": "weights"}
+    client.upsert(
+        [mc.text_item("weighted red kite", metadata=tag), mc.text_item("weighted blue whale", metadata=tag)]
+    )
     request = pb.SearchRequest(
+        filter=mc.parse_filter(["set=weights"]),
         positives=[
             pb.WeightedInput(input=pb.QueryInput(text="weighted red kite"), weight=3.4e38),
             pb.WeightedInput(input=pb.QueryInput(text="weighted blue whale"), weight=3.4e38),

@@ -9,6 +9,7 @@ import pytest
 
 from mmsearch import client as mc
 from mmsearch.client import MMSearchClient
+from mmsearch.v1 import search_pb2 as pb
 from tests.e2e.conftest import ServerProcess, run_cli
 from tests.media import TEXTS, extract_audio_track, image_bytes, make_image, tone, write_audio, write_video
 
@@ -41,6 +42,12 @@ def media_library(server: ServerProcess, tmp_path_factory: pytest.TempPathFactor
     return paths
 
 
+def _only_library(library: dict[str, Path]) -> pb.Filter:
+    """The library's files alone: whatever else the module's server holds cannot change a count."""
+    sources = pb.KeywordList(values=sorted(str(p) for p in library.values()))
+    return pb.Filter(must=[pb.Condition(key="source", any_of=sources)])
+
+
 def _query(kind: str, library: dict[str, Path]) -> dict[str, object]:
     if kind == "text":
         return {"text": TEXTS[1]}
@@ -50,7 +57,12 @@ def _query(kind: str, library: dict[str, Path]) -> dict[str, object]:
 @pytest.mark.parametrize("target", MODALITIES)
 @pytest.mark.parametrize("query", MODALITIES)
 def test_any_to_any(client: MMSearchClient, media_library: dict[str, Path], query: str, target: str) -> None:
-    resp = client.search(top_k=3, modalities=[target], **_query(query, media_library))  # type: ignore[arg-type]
+    resp = client.search(
+        top_k=3,
+        modalities=[target],
+        filter=_only_library(media_library),
+        **_query(query, media_library),  # type: ignore[arg-type]
+    )
     assert mc.modality_name(resp.query_modality) == query
     assert len(resp.hits) == 3  # three media of each modality are indexed
     assert {mc.modality_name(h.modality) for h in resp.hits} == {target}
@@ -75,7 +87,11 @@ def test_audio_track_query_over_cli(
 
 def test_video_query_with_groups(client: MMSearchClient, media_library: dict[str, Path]) -> None:
     resp = client.search(
-        video=media_library["video0"].read_bytes(), top_k=1, modalities=["video"], group_size=4
+        video=media_library["video0"].read_bytes(),
+        top_k=1,
+        modalities=["video"],
+        group_size=4,
+        filter=_only_library(media_library),
     )
     assert len(resp.hits) == 4 and {h.source for h in resp.hits} == {str(media_library["video0"])}
     assert {mc.pb.Track.Name(h.track) for h in resp.hits} <= {"TRACK_VISUAL", "TRACK_AUDIO"}

@@ -67,7 +67,9 @@ def test_cli_stats(server: ServerProcess, library: dict[str, Path], client: MMSe
     assert proc.returncode == 0, proc.stderr
     stats = json.loads(proc.stdout)
     assert stats["points"] == client.stats().points > 0
-    assert stats["bundle_id"].startswith("b") and stats["by_modality"]["image"] == 6
+    assert stats["bundle_id"].startswith("b") and stats["by_modality"] == dict(client.stats().by_modality)
+    # the library's six images at least: other tests of the module may have written more
+    assert stats["by_modality"]["image"] >= 6
 
 
 def test_four_cross_modal_directions(client: MMSearchClient, library: dict[str, Path]) -> None:
@@ -229,5 +231,6 @@ def test_request_ids_are_echoed_and_logged(server: ServerProcess, client: MMSear
     assert "req-42 /mmsearch.v1.SearchService/Search OK" in log
     assert "req-43 /mmsearch.v1.SearchService/Search INVALID_ARGUMENT" in log
     # Every log line of the call carries its id, the servicer's own included, not only the access line.
-    lines = [line for line in server.output if "query is required" in line or "req-43 /" in line]
-    assert len(lines) >= 2 and all("[req-43]" in line for line in lines), lines
+    tagged = [line for line in server.output if "[req-43]" in line]
+    assert any("query is required" in line for line in tagged), tagged
+    assert any("req-43 /mmsearch.v1.SearchService/Search" in line for line in tagged), tagged
