@@ -36,6 +36,8 @@ Check = Callable[[], None]
 T = TypeVar("T")
 # Inputs per forward call between two checks: a batch of many long texts still stops promptly.
 CHECK_EVERY = 256
+# Bytes of decoded media (pixels, samples) one embed call holds before it embeds and lets them go.
+DECODED_BUDGET = 512 * 1024 * 1024
 # Under this much sound (a video segment's tail) there is nothing to embed.
 MIN_AUDIO_SECONDS = 0.1
 
@@ -60,6 +62,20 @@ class DecodedImage:
 
 
 Decoded = DecodedText | DecodedImage | DecodedAudio | DecodedVideo
+
+
+def decoded_bytes(decoded: Decoded | Failure) -> int:
+    """About how much memory a decoded input holds."""
+    if isinstance(decoded, DecodedImage):
+        width, height = decoded.image.size
+        return width * height * 3
+    if isinstance(decoded, DecodedAudio):
+        return int(decoded.samples.nbytes)
+    if isinstance(decoded, DecodedVideo):
+        return int(decoded.frames.nbytes) + (int(decoded.audio.samples.nbytes) if decoded.audio else 0)
+    if isinstance(decoded, DecodedText):
+        return sum(len(c.text) for c in decoded.chunks)
+    return 0
 
 
 def modality_of(decoded: Decoded) -> Modality:
@@ -121,7 +137,12 @@ class Embedder:
     """Decodes and embeds inputs of every modality with one bundle's towers."""
 
     def __init__(
-        self, encoder: Encoder, decoder: MediaDecoder | None = None, *, segment_seconds: float = 5.0
+        self,
+        encoder: Encoder,
+        decoder: MediaDecoder | None = None,
+        *,
+        segment_seconds: float = 5.0,
+        decoded_budget: int = DECODED_BUDGET,
     ) -> None:
         if not (math.isfinite(segment_seconds) and segment_seconds > 0):
             raise ValueError("segment_seconds must be a positive number")
@@ -129,6 +150,7 @@ class Embedder:
         rate = encoder.audio_sample_rate if encoder.has_audio else 16_000
         self.decoder = decoder or MediaDecoder(sample_rate=rate)
         self.segment_seconds = segment_seconds
+        self.decoded_budget = decoded_budget
 
     @property
     def dim(self) -> int:
@@ -144,8 +166,24 @@ class Embedder:
     ) -> list[Embedding | Failure]:
         """Decode and embed a batch of mixed inputs. `video_audio=False` skips a video's audio
         track (a query needs only the pooled visual vector)."""
-        decoded = self.decode(inputs, check=check, video_audio=video_audio)
-        return self.embed_decoded(decoded, check=check, video_audio=video_audio)
+        out: list[Embedding | Failure] = []
+        group: list[Decoded | Failure] = []
+        held = 0
+        window = max(1, self.decoder.workers)
+        # Decoded media are held to a budget: a request of many small files that decode to huge
+        # ones (flat 64-megapixel PNGs, hours of compressed silence) is embedded in groups and
+        # released group by group, instead of all of it sitting in memory at once.
+        with ThreadPoolExecutor(max_workers=window) as pool:
+            for start in range(0, len(inputs), window):
+                for d in self._decode(inputs[start : start + window], check, pool):
+                    group.append(d)
+                    held += decoded_bytes(d)
+                if held >= self.decoded_budget:
+                    out += self.embed_decoded(group, check=check, video_audio=video_audio)
+                    group, held = [], 0
+        if group:
+            out += self.embed_decoded(group, check=check, video_audio=video_audio)
+        return out
 
     def decode(
         self, inputs: Sequence[EmbedInput], *, check: Check | None = None, video_audio: bool = True
@@ -153,6 +191,13 @@ class Embedder:
         """Text is chunked here, images decoded here, audio and video in the decoder's worker
         processes, in parallel."""
 
+        del video_audio  # the decoder always returns the track; skipping it happens at embedding
+        with ThreadPoolExecutor(max_workers=max(1, self.decoder.workers)) as pool:
+            return self._decode(inputs, check, pool)
+
+    def _decode(
+        self, inputs: Sequence[EmbedInput], check: Check | None, pool: ThreadPoolExecutor
+    ) -> list[Decoded | Failure]:
         def one(item: EmbedInput) -> Decoded | Failure:
             if check is not None:
                 check()
@@ -163,11 +208,9 @@ class Embedder:
             except OSError as exc:
                 return Failure(f"{item.name}: cannot read file: {exc.strerror or exc}")
 
-        del video_audio  # the decoder always returns the track; skipping it happens at embedding
         if len(inputs) <= 1:
             return [one(i) for i in inputs]
-        with ThreadPoolExecutor(max_workers=self.decoder.workers) as pool:
-            return list(pool.map(one, inputs))
+        return list(pool.map(one, inputs))
 
     def embed_decoded(
         self, decoded: Sequence[Decoded | Failure], *, check: Check | None = None, video_audio: bool = True

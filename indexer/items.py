@@ -9,6 +9,7 @@ embedding go through the one embedding path (encoders.embed).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,12 +46,20 @@ class _Work:
 class ItemIndexer:
     """Writes items into one store with one embedder, within one id namespace."""
 
-    def __init__(self, embedder: Embedder, store: VectorStore, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+    def __init__(
+        self,
+        embedder: Embedder,
+        store: VectorStore,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        max_payload_bytes: int | None = None,
+    ) -> None:
         if embedder.encoder.bundle.bundle_id != store.schema.bundle_id:
             raise ValueError("encoder and store belong to different bundles")
         self.embedder = embedder
         self.store = store
         self.namespace = namespace
+        self.max_payload_bytes = max_payload_bytes
 
     @property
     def bundle_id(self) -> str:
@@ -81,6 +90,9 @@ class ItemIndexer:
                 outcomes[w.index].error = emb.error
                 continue
             w.records, outcomes[w.index].note = item_points(w.key, w.base, emb, self.namespace)
+            if (error := self._payload_too_large(w)) is not None:
+                outcomes[w.index].error = error
+                continue
             ids = [r.id for r in w.records]
             # The sentinel records every point of the media, so an unchanged re-ingest needs no scan.
             next(r for r in w.records if r.id == w.sentinel).payload[Key.POINT_IDS] = ids
@@ -112,6 +124,20 @@ class ItemIndexer:
         timed = item.modality in (Modality.AUDIO, Modality.VIDEO)
         sentinel = point_id(key, sentinel_segment(timed), self.namespace)
         return _Work(index, item, embed_input, key, base, sentinel)
+
+    def _payload_too_large(self, w: _Work) -> str | None:
+        # The metadata is repeated on every point (every chunk of a long text): bound the product.
+        if self.max_payload_bytes is None:
+            return None
+        meta = len(json.dumps(w.base.meta))
+        total = meta * len(w.records)
+        if total <= self.max_payload_bytes:
+            return None
+        return (
+            f"{w.item.source or f'item {w.index}'}: its {meta}-byte metadata is stored on each of its "
+            f"{len(w.records)} points, {total} bytes in all; at most {self.max_payload_bytes} "
+            "(max_item_payload_bytes): shorten the text or the metadata"
+        )
 
     def _drop_stale(self, work: list[_Work]) -> None:
         # Media re-written under the same key (a caller id reused for other content) may leave

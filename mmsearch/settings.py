@@ -18,6 +18,7 @@ LIMIT_SETTINGS = (
     "max_metadata_bytes",
     "max_metadata_depth",
     "max_source_chars",
+    "max_item_payload_bytes",
     "max_batch_items",
 )
 

@@ -25,12 +25,15 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     # Caps that bound what one request can cost before any work starts (see server.limits).
     max_query_text_chars: int = 20_000
-    max_item_text_chars: int = 1_000_000
+    max_item_text_chars: int = 200_000
     max_filter_conditions: int = 256
     max_ids_per_call: int = 1024
     max_metadata_bytes: int = 64 * 1024
     max_metadata_depth: int = 8
     max_source_chars: int = 4096
+    # An item's metadata is stored on each of its points (every chunk of a long text): this
+    # bounds metadata x points, the payload one item may add.
+    max_item_payload_bytes: int = 64 * 1024 * 1024
     # Seconds in-flight RPCs get to finish after SIGTERM.
     grace_seconds: float = 10.0
     # How often the embedded store's pending HNSW builds are checked for.

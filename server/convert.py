@@ -108,7 +108,7 @@ def _condition_from_proto(c: pb.Condition, where: str) -> Condition:
             lt=r.lt if r.HasField("lt") else None,
             lte=r.lte if r.HasField("lte") else None,
         )
-    raise FilterError(f"{where} on {c.key!r} sets no match (keyword, integer, boolean, any_of or range)")
+    raise FilterError(f"{where} on {c.key[:80]!r} sets no match (keyword, integer, boolean, any_of or range)")
 
 
 def filter_from_proto(f: pb.Filter, *, field: str = "filter") -> FilterSpec:

@@ -11,6 +11,10 @@ from indexer.store import VectorStore, matching_ids
 from server.context import RequestContext
 from server.errors import InvalidArgument, NotFound
 
+# Point ids are UUIDs; caller ids are the caller's own keys. Neither needs more than this, and an
+# id echoed in an error must not blow gRPC's metadata limit (16 KiB for a status message).
+MAX_ID_CHARS = 256
+
 
 class IdResolver:
     def __init__(self, store: VectorStore, *, max_ids: int) -> None:
@@ -22,7 +26,14 @@ class IdResolver:
         if not raw:
             raise InvalidArgument(f"{field} is empty")
         if len(raw) > self.max_ids:
-            raise InvalidArgument(f"{field} has {len(raw)} entries; at most {self.max_ids}")
+            raise InvalidArgument(
+                f"{field} has {len(raw)} entries; at most {self.max_ids} (max_ids_per_call)"
+            )
+        for i, r in enumerate(raw):
+            if len(r) > MAX_ID_CHARS:
+                raise InvalidArgument(
+                    f"{field}[{i}] has {len(r)} characters; an id has at most {MAX_ID_CHARS}"
+                )
         canonical: dict[str, str] = {}
         for r in raw:
             try:
@@ -43,7 +54,9 @@ class IdResolver:
             else:
                 missing.append(r)
         if missing:
-            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            shown = ", ".join(m[:64] for m in missing[:10]) + (
+                f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            )
             raise NotFound(f"{field}: no stored point has id {shown}")
         return list(dict.fromkeys(out))
 
@@ -58,5 +71,5 @@ class IdResolver:
     def get_one(self, ctx: RequestContext, raw: str, *, field: str) -> StoredPoint:
         points = self.get(ctx, [raw], field=field, with_vectors=True)
         if not points:
-            raise NotFound(f"{field}: no stored point has id {raw}")
+            raise NotFound(f"{field}: no stored point has id {raw[:64]}")
         return points[0]

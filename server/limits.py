@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from indexer.filters import FilterSpec
+from indexer.filters import FilterSpec, MatchAny
 from server.config import ServerConfig
 from server.errors import InvalidArgument
 
@@ -36,7 +36,8 @@ def check_filter(spec: FilterSpec | None, config: ServerConfig, where: str = "fi
     if spec is None:
         return
     groups = {"must": spec.must, "must_not": spec.must_not, "should": spec.should}
-    total = sum(len(g) for g in groups.values())
+    # An any_of counts each of its values: 256 conditions of 1,000 values each stalled the store.
+    total = sum(len(c.values) if isinstance(c, MatchAny) else 1 for g in groups.values() for c in g)
     if total > config.max_filter_conditions:
         raise InvalidArgument(
             f"{where} has {total} conditions; at most {config.max_filter_conditions} (max_filter_conditions)"

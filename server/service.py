@@ -28,6 +28,7 @@ log = logging.getLogger("mmsearch.server")
 T = TypeVar("T")
 # How long a cancelled call's worker thread gets to reach its next check before we stop waiting.
 STOP_WAIT_SECONDS = 5.0
+MAX_MESSAGE_CHARS = 2000
 
 
 class SearchService(pb_grpc.SearchServiceServicer):
@@ -219,5 +220,8 @@ def _item_or_error(item: pb.Item, index: int) -> ItemInput | InvalidArgument:
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    # gRPC drops a call whose status message passes 16 KiB of metadata: keep it well under.
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + " ... (truncated)"
     await context.abort(code, message)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover

@@ -40,7 +40,8 @@ def make_services(embedder: Embedder, store: VectorStore, config: ServerConfig) 
     """Wire the services over an embedder and an open store (tests build them this way)."""
     ids = IdResolver(store, max_ids=config.max_ids_per_call)
     queries = QueryService(embedder, store, ids, config)
-    writes = WriteService(ItemIndexer(embedder, store), store, ids, config)
+    indexer = ItemIndexer(embedder, store, max_payload_bytes=config.max_item_payload_bytes)
+    writes = WriteService(indexer, store, ids, config)
     return Services(config, embedder, store, queries, writes, MiningService(queries))
 
 

@@ -12,7 +12,7 @@ from server import limits
 from server.config import ServerConfig
 from server.context import RequestContext
 from server.errors import InvalidArgument
-from server.ids import IdResolver
+from server.ids import MAX_ID_CHARS, IdResolver
 
 
 class WriteService:
@@ -58,6 +58,10 @@ class WriteService:
                 item.data, cap=cfg.max_item_text_chars, setting="max_item_text_chars", where=f"{where}.text"
             )
         limits.check_source(item.source, cfg, f"{where}.source")
+        if item.id is not None and len(item.id) > MAX_ID_CHARS:
+            raise InvalidArgument(
+                f"{where}.id has {len(item.id)} characters; an id has at most {MAX_ID_CHARS}"
+            )
         limits.check_metadata(item.metadata, cfg, f"{where}.metadata")
         limits.check_metadata(item.attributes, cfg, f"{where}.attributes")
 

@@ -16,6 +16,7 @@ from mmsearch import client as mc
 from mmsearch.client import MMSearchClient
 from mmsearch.v1 import search_pb2 as pb
 from tests.e2e.conftest import ServerProcess, run_cli, start_server
+from tests.e2e.wire import field
 
 
 def _status(fn: object) -> grpc.StatusCode:
@@ -102,33 +103,19 @@ def test_corrupt_protobuf_bytes_are_invalid_argument(server: ServerProcess) -> N
         )
         # nesting past protobuf's recursion limit: a Struct inside a Struct 150 times, written as
         # raw bytes (the Python library itself refuses to build it)
-        body = _field(1, b"\x12\x04deep" + _field(5, _struct_with(_nested_value(150))))
+        body = field(1, b"\x12\x04deep" + field(5, _struct_with(_nested_value(150))))
         assert _status(lambda: raw(body, timeout=30)) == grpc.StatusCode.INVALID_ARGUMENT
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
 def _struct_with(value: bytes) -> bytes:
     """Struct{fields: {"a": value}}."""
-    return _field(1, _field(1, b"a") + _field(2, value))
+    return field(1, field(1, b"a") + field(2, value))
 
 
 def _nested_value(depth: int) -> bytes:
     if depth == 0:
         return b"\x11" + b"\x00" * 8  # Value.number_value = 0.0
-    return _field(5, _struct_with(_nested_value(depth - 1)))  # Value.struct_value
+    return field(5, _struct_with(_nested_value(depth - 1)))  # Value.struct_value
 
 
 def test_huge_weights_do_not_zero_every_score(client: MMSearchClient) -> None:

@@ -103,3 +103,22 @@ def test_long_text_is_chunked_the_same_way_by_service_eval_and_trainer(
     # and the tail beyond one context really counts: the first chunk alone is another vector
     first = embedder.embed([TextInput(embedder.encoder.chunk(LONG)[0].text)])[0]
     assert not isinstance(first, Failure) and float(first.pooled @ served.vector) < 0.999
+
+
+def test_decoded_media_are_held_to_a_budget(encoder: Encoder) -> None:
+    inputs = [ImageInput(image_bytes(i), f"i{i}.png") for i in range(6)] + [TextInput("a caption")]
+    unbounded = Embedder(encoder)
+    small = Embedder(encoder, decoded_budget=1)  # every decode window is embedded and released
+    groups: list[int] = []
+    embed_decoded = small.embed_decoded
+
+    def spy(decoded, **kwargs):  # type: ignore[no-untyped-def]
+        groups.append(len(decoded))
+        return embed_decoded(decoded, **kwargs)
+
+    small.embed_decoded = spy  # type: ignore[method-assign]
+    a, b = unbounded.embed(inputs), small.embed(inputs)
+    assert len(groups) > 1 and max(groups) <= max(1, small.decoder.workers)
+    for x, y in zip(a, b, strict=True):
+        assert not isinstance(x, Failure) and not isinstance(y, Failure)
+        np.testing.assert_allclose(x.pooled, y.pooled, atol=1e-5)

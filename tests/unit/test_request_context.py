@@ -27,9 +27,9 @@ class CountingStore(QdrantStore):
     queries = 0
     upserts = 0
 
-    def query(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        CountingStore.queries += 1
-        return super().query(*args, **kwargs)
+    def query_batch(self, plans):  # type: ignore[no-untyped-def]
+        CountingStore.queries += 1  # every query, recommend and fusion goes through here
+        return super().query_batch(plans)
 
     def upsert(self, points):  # type: ignore[no-untyped-def]
         CountingStore.upserts += 1
