@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -49,6 +50,9 @@ class RequestIdInterceptor(grpc.aio.ServerInterceptor):
                         f"{method}: the request is not a valid message ({request.reason})",
                     )
                 return await inner(request, context)
+            except asyncio.CancelledError:
+                code = "CANCELLED"  # the client went away or the deadline passed mid-call
+                raise
             except BaseException:
                 code = context.code().name if context.code() is not None else "ERROR"
                 raise
