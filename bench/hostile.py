@@ -31,11 +31,8 @@ import io
 import itertools
 import json
 import os
-import queue
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -53,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmsearch import client as mc
 from mmsearch.client import MMSearchClient
+from mmsearch.launch import launch_server
 from mmsearch.v1 import search_pb2 as pb
 from tests.media import image_bytes
 
@@ -63,59 +61,6 @@ MIB = 1024 * 1024
 
 
 # -- the server ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[str]
-    target: str
-    output: list[str]
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def start_server(data_dir: Path, timeout: float = 120) -> Server:
-    cmd = [
-        sys.executable,
-        "-m",
-        "mmsearch",
-        "serve",
-        "--data",
-        str(data_dir),
-        "--port",
-        "0",
-        "--bundle",
-        "tiny",
-    ]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue[str | None] = queue.Queue()
-    output: list[str] = []
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            output.append(line)
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    while True:
-        line = lines.get(timeout=timeout)
-        if line is None:
-            raise RuntimeError(f"server exited with {proc.wait()}:\n" + "".join(output))
-        if line.startswith("mmsearch serving on "):
-            return Server(proc, line.split()[3], output)
 
 
 def _proc_kib(pid: int, key: str) -> int:
@@ -531,7 +476,7 @@ def main() -> None:
     media = hostile_media()
     plan = attacks(media, caps=caps, media_batch=args.media_batch)
     with tempfile.TemporaryDirectory(prefix="mmsearch-hostile-") as tmp:
-        server = start_server(Path(tmp) / "data")
+        server = launch_server(Path(tmp) / "data", cwd=REPO)
         sampler = RssSampler(server.pid)
         try:
             with MMSearchClient(server.target, timeout=60) as client:

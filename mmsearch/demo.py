@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from mmsearch import client as mc
+from mmsearch.launch import launch_server
 
 STARTER_CONFIG = "sample.json"  # trainer/configs/, shipped with the package
 
@@ -51,27 +49,6 @@ def starter_marker(config: dict[str, Any], lib: Path) -> dict[str, Any]:
     Round-tripped through JSON so tuples compare equal to the lists read back from the file."""
     library = json.loads((lib / "sample.json").read_text())
     return json.loads(json.dumps({"config": config, "library": library}))
-
-
-def _start_server(data: Path, bundle: Path) -> tuple[subprocess.Popen[str], str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "mmsearch",
-        "serve",
-        "--data",
-        str(data),
-        "--bundle",
-        str(bundle),
-        "--port",
-        "0",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("mmsearch serving on "):
-            return proc, line.split()[3]
-    raise RuntimeError(f"the server exited with code {proc.wait()} before serving")
 
 
 def _digit(source: str) -> str:
@@ -109,7 +86,9 @@ def run_demo(workdir: Path, *, retrain: bool = False) -> int:
 
     _step("3/5 server on the embedded store, ingest of the held-out split")
     shutil.rmtree(data, ignore_errors=True)  # a retrained bundle is another space: index afresh
-    proc, target = _start_server(data, bundle_dir)
+    # The server's own log lines are kept (server.output), not printed over the demo's tables.
+    server = launch_server(data, bundle=str(bundle_dir))
+    target = server.target
     try:
         with mc.MMSearchClient(target) as client:
             client.wait_ready(60)
@@ -134,8 +113,7 @@ def run_demo(workdir: Path, *, retrain: bool = False) -> int:
                 resp = client.search(top_k=5, modalities=[target_modality], **query)
                 _table(title, [mc.hit_to_dict(h) for h in resp.hits], lib)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        server.stop()
 
     _step("5/5 held-out evaluation (class-level relevance)")
     from mmsearch.cli_train import evaluate_bundle

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +15,7 @@ import pytest
 from indexer.edge_store import SHARD_DIR, EdgeStore
 from indexer.schema import CollectionSchema, PointRecord
 from mmsearch.client import MMSearchClient
+from mmsearch.launch import launch_server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,49 +36,8 @@ class ServerProcess:
 def start_server(
     data_dir: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> ServerProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "mmsearch",
-        "serve",
-        "--data",
-        str(data_dir),
-        "--port",
-        "0",
-        "--bundle",
-        "tiny",
-        *extra,
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-    output: list[str] = []
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            output.append(line)
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    while True:
-        try:
-            line = lines.get(timeout=timeout)
-        except queue.Empty:
-            proc.kill()
-            raise RuntimeError("server did not start in time:\n" + "".join(output)) from None
-        if line is None:
-            raise RuntimeError(f"server exited with {proc.wait()}:\n" + "".join(output))
-        if line.startswith("mmsearch serving on "):
-            target = line.split()[3]
-            return ServerProcess(proc, target, data_dir, output)
+    srv = launch_server(data_dir, *extra, env=env, cwd=REPO, timeout=timeout)
+    return ServerProcess(srv.proc, srv.target, data_dir, srv.output)
 
 
 def write_quantized_store(data_dir: Path, schema: CollectionSchema, points: Sequence[PointRecord]) -> None:
