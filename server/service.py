@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import NoReturn, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from indexer.inputs import ItemInput
 from indexer.store import BundleMismatchError, StoreError
@@ -29,22 +30,36 @@ T = TypeVar("T")
 # How long a cancelled call's worker thread gets to reach its next check before we stop waiting.
 STOP_WAIT_SECONDS = 5.0
 MAX_MESSAGE_CHARS = 2000
+HEAVY_MESSAGE_BYTES = 16 * 1024
+HEAVY_RESULTS = 1000
 
 
 class SearchService(pb_grpc.SearchServiceServicer):
-    def __init__(self, services: Services, *, workers: int = 8) -> None:
+    def __init__(self, services: Services, *, workers: int = 8, heavy_workers: int = 1) -> None:
         self.services = services
         self.queries = services.queries
         self.writes = services.writes
         # Calls run on their own pool rather than asyncio's default one: at shutdown it is let go
         # without a join, so a thread inside its last bounded step cannot hold the process.
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmsearch-call")
+        # Heavy calls (writes, media, long texts, large messages) share a smaller pool of their
+        # own: on a small machine they queue behind each other instead of taking every core from
+        # the ordinary queries (measured with bench/hostile.py).
+        self.heavy_executor = ThreadPoolExecutor(
+            max_workers=heavy_workers, thread_name_prefix="mmsearch-heavy"
+        )
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.heavy_executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run(
-        self, context: grpc.aio.ServicerContext, method: str, fn: Callable[[RequestContext], T]
+        self,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        fn: Callable[[RequestContext], T],
+        *,
+        heavy: bool = False,
     ) -> T:
         ctx = RequestContext.with_timeout(
             context.time_remaining(), request_id=request_id_var.get(), method=method
@@ -53,7 +68,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
         # Encoding and store calls block; run them on worker threads so the loop keeps serving.
         loop = asyncio.get_running_loop()
         # copy_context: the worker thread sees the request id (server.logs) like the loop does.
-        work = loop.run_in_executor(self.executor, contextvars.copy_context().run, fn, ctx)
+        pool = self.heavy_executor if heavy else self.executor
+        work = loop.run_in_executor(pool, contextvars.copy_context().run, fn, ctx)
         try:
             result = await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -88,7 +104,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
             query = convert.search_query_from_proto(request)
             return self._response(self.queries.search(ctx, query, convert.search_params_from_proto(request)))
 
-        return await self._run(context, "Search", run)
+        return await self._run(context, "Search", run, heavy=_heavy(request))
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
@@ -99,7 +115,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 self.queries.recommend(ctx, list(request.positive_ids), list(request.negative_ids), params)
             )
 
-        return await self._run(context, "Recommend", run)
+        return await self._run(context, "Recommend", run, heavy=_heavy(request))
 
     async def MineHardNegatives(
         self, request: pb.MineRequest, context: grpc.aio.ServicerContext
@@ -127,7 +143,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 negatives=[convert.hit_to_proto(h) for h in negatives], positive_score=best
             )
 
-        return await self._run(context, "MineHardNegatives", run)
+        return await self._run(context, "MineHardNegatives", run, heavy=_heavy(request))
 
     def _response(self, outcome: SearchOutcome) -> pb.SearchResponse:
         return pb.SearchResponse(
@@ -150,7 +166,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 dim=self.services.embedder.dim,
             )
 
-        return await self._run(context, "Embed", run)
+        return await self._run(context, "Embed", run, heavy=_heavy(request))
 
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
         def run(ctx: RequestContext) -> pb.UpsertResponse:
@@ -172,7 +188,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
             written = sum(1 for o in outcomes if not o.error and not o.unchanged)
             return pb.UpsertResponse(results=results, written=written, failed=failed)
 
-        return await self._run(context, "Upsert", run)
+        return await self._run(context, "Upsert", run, heavy=True)
 
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
         def run(ctx: RequestContext) -> pb.GetResponse:
@@ -209,6 +225,15 @@ class SearchService(pb_grpc.SearchServiceServicer):
             )
 
         return await self._run(context, "Stats", run)
+
+
+def _heavy(request: Message) -> bool:
+    """Whether a call is likely to cost far more than an ordinary query: media, long texts, big
+    filters or id lists (all of which make the message large), or a very wide result page."""
+    if request.ByteSize() > HEAVY_MESSAGE_BYTES:
+        return True
+    top_k = getattr(request, "top_k", 0) or getattr(request, "k", 0)
+    return top_k * max(1, getattr(request, "group_size", 1)) > HEAVY_RESULTS
 
 
 def _item_or_error(item: pb.Item, index: int) -> ItemInput | InvalidArgument:
