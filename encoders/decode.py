@@ -81,13 +81,19 @@ class MediaDecoder:
         self.limits = DecodeLimits(max_audio_seconds, max_video_seconds, max_frame_pixels)
         self.runner = IsolatedRunner(self.workers, memory_limit=memory_limit)
 
-    def audio(self, data: bytes | Path, *, name: str) -> DecodedAudio:
+    def audio(self, data: bytes | Path, *, name: str, time_left: float | None = None) -> DecodedAudio:
+        """`time_left`: the caller's remaining seconds (a request deadline); the decode is
+        stopped then, or at the decoder's own timeout, whichever comes first."""
         args = (self.sample_rate, self.limits)
-        return self._run("encoders.av_decode:decode_audio", data, AUDIO_CONTAINERS, "audio", args, name)
+        return self._run(
+            "encoders.av_decode:decode_audio", data, AUDIO_CONTAINERS, "audio", args, name, time_left
+        )
 
-    def video(self, data: bytes | Path, *, name: str) -> DecodedVideo:
+    def video(self, data: bytes | Path, *, name: str, time_left: float | None = None) -> DecodedVideo:
         args = (self.fps, self.max_frames, self.sample_rate, self.short_side, self.limits)
-        return self._run("encoders.av_decode:decode_video", data, VIDEO_CONTAINERS, "video", args, name)
+        return self._run(
+            "encoders.av_decode:decode_video", data, VIDEO_CONTAINERS, "video", args, name, time_left
+        )
 
     def _run(
         self,
@@ -97,13 +103,15 @@ class MediaDecoder:
         kind: str,
         args: tuple[Any, ...],
         name: str,
+        time_left: float | None = None,
     ) -> Any:
         # Refuse what is not on the allow-list here, before a worker is involved. The worker
         # sniffs again from the bytes it actually opens (a file may change in between).
         _check_format(data, allowed, kind, name)
         # A path is opened by the worker itself; bytes travel beside the pickle, not copied into it.
         source = str(data) if isinstance(data, Path) else pickle.PickleBuffer(data)
-        return self.runner.run(target, (source, *args), timeout=self.timeout, name=name)
+        timeout = self.timeout if time_left is None else max(0.01, min(self.timeout, time_left))
+        return self.runner.run(target, (source, *args), timeout=timeout, name=name)
 
     def start(self) -> None:
         self.runner.start()

@@ -33,6 +33,8 @@ from encoders.vectors import mean_unit
 # Called between the steps of a batch; raises to abandon the work (a passed deadline, a
 # cancelled call). The encoder layer knows nothing of gRPC: the caller decides what to raise.
 Check = Callable[[], None]
+# Seconds the caller has left (None: no deadline); decodes in a worker are stopped then.
+TimeLeft = Callable[[], float | None]
 T = TypeVar("T")
 # Inputs per forward call between two checks: a batch of many long texts still stops promptly.
 CHECK_EVERY = 256
@@ -162,7 +164,12 @@ class Embedder:
     # -- entry points ---------------------------------------------------------------------
 
     def embed(
-        self, inputs: Sequence[EmbedInput], *, check: Check | None = None, video_audio: bool = True
+        self,
+        inputs: Sequence[EmbedInput],
+        *,
+        check: Check | None = None,
+        time_left: TimeLeft | None = None,
+        video_audio: bool = True,
     ) -> list[Embedding | Failure]:
         """Decode and embed a batch of mixed inputs. `video_audio=False` skips a video's audio
         track (a query needs only the pooled visual vector)."""
@@ -175,7 +182,7 @@ class Embedder:
         # released group by group, instead of all of it sitting in memory at once.
         with ThreadPoolExecutor(max_workers=window) as pool:
             for start in range(0, len(inputs), window):
-                for d in self._decode(inputs[start : start + window], check, pool):
+                for d in self._decode(inputs[start : start + window], check, pool, time_left):
                     group.append(d)
                     held += decoded_bytes(d)
                 if held >= self.decoded_budget:
@@ -196,13 +203,17 @@ class Embedder:
             return self._decode(inputs, check, pool)
 
     def _decode(
-        self, inputs: Sequence[EmbedInput], check: Check | None, pool: ThreadPoolExecutor
+        self,
+        inputs: Sequence[EmbedInput],
+        check: Check | None,
+        pool: ThreadPoolExecutor,
+        time_left: TimeLeft | None = None,
     ) -> list[Decoded | Failure]:
         def one(item: EmbedInput) -> Decoded | Failure:
             if check is not None:
                 check()
             try:
-                return self._decode_one(item)
+                return self._decode_one(item, time_left() if time_left is not None else None)
             except (MediaDecodeError, EncoderError) as exc:
                 return Failure(str(exc))
             except OSError as exc:
@@ -258,7 +269,7 @@ class Embedder:
 
     # -- steps ----------------------------------------------------------------------------
 
-    def _decode_one(self, item: EmbedInput) -> Decoded:
+    def _decode_one(self, item: EmbedInput, time_left: float | None = None) -> Decoded:
         if isinstance(item, TextInput):
             if not item.text.strip():
                 raise MediaDecodeError(f"{item.name}: text is empty")
@@ -268,9 +279,9 @@ class Embedder:
             return DecodedImage(decode_image(data, name=item.name))
         if isinstance(item, AudioInput):
             self.encoder.require_audio()  # no tower: no point in decoding
-            return self.decoder.audio(item.data, name=item.name)
+            return self.decoder.audio(item.data, name=item.name, time_left=time_left)
         if isinstance(item, VideoInput):
-            return self.decoder.video(item.data, name=item.name)
+            return self.decoder.video(item.data, name=item.name, time_left=time_left)
         raise TypeError(f"not an embedding input: {type(item).__name__}")
 
     def _video(

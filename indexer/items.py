@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from encoders.embed import Check, Embedder, Failure
+from encoders.embed import Check, Embedder, Failure, TimeLeft
 from encoders.errors import MediaDecodeError
 from encoders.inputs import EmbedInput, input_for
 from encoders.modality import Modality
@@ -65,7 +65,9 @@ class ItemIndexer:
     def bundle_id(self) -> str:
         return self.embedder.encoder.bundle.bundle_id
 
-    def index(self, items: Sequence[ItemInput], *, check: Check | None = None) -> list[ItemOutcome]:
+    def index(
+        self, items: Sequence[ItemInput], *, check: Check | None = None, time_left: TimeLeft | None = None
+    ) -> list[ItemOutcome]:
         outcomes = [ItemOutcome() for _ in items]
         work: list[_Work] = []
         for i, item in enumerate(items):
@@ -83,7 +85,7 @@ class ItemIndexer:
                 outcomes[w.index].ids = list(stored.payload.get(Key.POINT_IDS, [w.sentinel]))
             else:
                 todo.append(w)
-        embedded = self.embedder.embed([w.input for w in todo], check=check)
+        embedded = self.embedder.embed([w.input for w in todo], check=check, time_left=time_left)
         built: list[_Work] = []
         for w, emb in zip(todo, embedded, strict=True):
             if isinstance(emb, Failure):

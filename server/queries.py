@@ -74,7 +74,10 @@ class QueryService:
                 except EncoderError as exc:
                     raise InvalidArgument(str(exc)) from exc
             ctx.check()
-            embedded = self.embedder.embed(list(inputs.values()), check=ctx.check, video_audio=False)
+            embedded = self.embedder.embed(
+                list(inputs.values()), check=ctx.check, time_left=ctx.remaining, video_audio=False
+            )
+            ctx.check()  # a decode stopped by the deadline is the deadline's failure, not the input's
             for i, emb in zip(inputs, embedded, strict=True):
                 if isinstance(emb, Failure):
                     raise InvalidArgument(emb.error)

@@ -44,7 +44,7 @@ class WriteService:
                 good[i] = item
             except InvalidArgument as exc:  # the item fails alone; the rest are written
                 outcomes[i].error = exc.message
-        written = self.indexer.index(list(good.values()), check=ctx.check)
+        written = self.indexer.index(list(good.values()), check=ctx.check, time_left=ctx.remaining)
         for i, outcome in zip(good, written, strict=True):
             outcomes[i] = outcome
         if any(o.error is None and not o.unchanged for o in outcomes):

@@ -318,3 +318,18 @@ def test_workers_outlive_the_thread_that_started_them() -> None:
         assert runner.run("os:getpid", (), timeout=30, name="x") == pid
     finally:
         runner.close()
+
+
+def test_a_decode_stops_when_the_callers_time_runs_out(silent_hour: Path) -> None:
+    # The hour takes seconds to decode; a caller with 0.2 s left gets its answer in about that.
+    d = MediaDecoder(workers=1, timeout=60)
+    try:
+        d.start()
+        start = time.perf_counter()
+        with pytest.raises(MediaDecodeError, match=r"took longer than 0\.2 s"):
+            d.audio(silent_hour.read_bytes(), name="silence.flac", time_left=0.2)
+        assert time.perf_counter() - start < 2
+        # the worker was replaced: the next file decodes
+        assert d.audio(silent_hour.read_bytes(), name="silence.flac").duration == pytest.approx(3600.0)
+    finally:
+        d.close()
