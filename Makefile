@@ -51,6 +51,7 @@ bench: install
 	$(PY) bench/store.py
 	$(PY) bench/ingest_media.py
 	$(PY) bench/quality.py
+	$(PY) bench/hostile.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache build dist

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from server.config import ServerConfig
 
@@ -20,7 +22,10 @@ LIMIT_SETTINGS = (
     "max_source_chars",
     "max_item_payload_bytes",
     "max_batch_items",
+    "max_frame_pixels",
+    "decoder_memory_limit",
 )
+FLOAT_LIMIT_SETTINGS = ("max_audio_seconds", "max_video_seconds")
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
@@ -47,15 +52,21 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         max_top_k=int(str(pick(getattr(args, "max_top_k", None), "MAX_TOP_K", base.max_top_k))),
         max_message_bytes=int(env.get(ENV_PREFIX + "MAX_MESSAGE_BYTES", base.max_message_bytes)),
         grace_seconds=float(env.get(ENV_PREFIX + "GRACE_SECONDS", base.grace_seconds)),
-        # Request caps (server.limits): MMSEARCH_MAX_QUERY_TEXT_CHARS and so on.
-        **{
-            name: int(env[ENV_PREFIX + name.upper()])
-            for name in LIMIT_SETTINGS
-            if ENV_PREFIX + name.upper() in env
-        },
+        # Request and media caps (server.limits, encoders.limits): MMSEARCH_MAX_QUERY_TEXT_CHARS, ...
+        **_caps(env),
         qdrant_shards=_opt_int(env.get(ENV_PREFIX + "QDRANT_SHARDS")),
         qdrant_replication=_opt_int(env.get(ENV_PREFIX + "QDRANT_REPLICATION")),
     )
+
+
+def _caps(env: Mapping[str, str]) -> dict[str, Any]:
+    caps: dict[str, Any] = {}
+    for names, kind in ((LIMIT_SETTINGS, int), (FLOAT_LIMIT_SETTINGS, float)):
+        for name in names:
+            value = env.get(ENV_PREFIX + name.upper())
+            if value is not None:
+                caps[name] = kind(value)
+    return caps
 
 
 def _opt_int(value: str | None) -> int | None:

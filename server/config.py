@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from encoders.limits import (
+    DEFAULT_MAX_AUDIO_SECONDS,
+    DEFAULT_MAX_FRAME_PIXELS,
+    DEFAULT_MAX_VIDEO_SECONDS,
+    DEFAULT_MEMORY_LIMIT,
+)
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -34,6 +41,11 @@ class ServerConfig:
     # An item's metadata is stored on each of its points (every chunk of a long text): this
     # bounds metadata x points, the payload one item may add.
     max_item_payload_bytes: int = 64 * 1024 * 1024
+    # Media decoding (encoders.limits): checked on the header and again while decoding.
+    max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS
+    max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
+    decoder_memory_limit: int = DEFAULT_MEMORY_LIMIT  # bytes of address space per decoder worker
     # Seconds in-flight RPCs get to finish after SIGTERM.
     grace_seconds: float = 10.0
     # How often the embedded store's pending HNSW builds are checked for.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from encoders.bundle import load_bundle
+from encoders.decode import MediaDecoder
 from encoders.embed import Embedder
 from encoders.encoder import Encoder
 from indexer.items import ItemIndexer
@@ -57,4 +58,12 @@ def build_services(config: ServerConfig) -> Services:
         shards=config.qdrant_shards,
         replication=config.qdrant_replication,
     )
-    return make_services(Embedder(Encoder(bundle)), store, config)
+    encoder = Encoder(bundle)
+    decoder = MediaDecoder(
+        sample_rate=encoder.audio_sample_rate if encoder.has_audio else 16_000,
+        max_audio_seconds=config.max_audio_seconds,
+        max_video_seconds=config.max_video_seconds,
+        max_frame_pixels=config.max_frame_pixels,
+        memory_limit=config.decoder_memory_limit,
+    )
+    return make_services(Embedder(encoder, decoder), store, config)
