@@ -149,8 +149,7 @@ class Embedder:
         if not (math.isfinite(segment_seconds) and segment_seconds > 0):
             raise ValueError("segment_seconds must be a positive number")
         self.encoder = encoder
-        rate = encoder.audio_sample_rate if encoder.has_audio else 16_000
-        self.decoder = decoder or MediaDecoder(sample_rate=rate)
+        self.decoder = decoder or MediaDecoder(sample_rate=encoder.decode_sample_rate)
         self.segment_seconds = segment_seconds
         self.decoded_budget = decoded_budget
 
@@ -192,13 +191,9 @@ class Embedder:
             out += self.embed_decoded(group, check=check, video_audio=video_audio)
         return out
 
-    def decode(
-        self, inputs: Sequence[EmbedInput], *, check: Check | None = None, video_audio: bool = True
-    ) -> list[Decoded | Failure]:
+    def decode(self, inputs: Sequence[EmbedInput], *, check: Check | None = None) -> list[Decoded | Failure]:
         """Text is chunked here, images decoded here, audio and video in the decoder's worker
         processes, in parallel."""
-
-        del video_audio  # the decoder always returns the track; skipping it happens at embedding
         with ThreadPoolExecutor(max_workers=max(1, self.decoder.workers)) as pool:
             return self._decode(inputs, check, pool)
 

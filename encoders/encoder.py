@@ -60,6 +60,12 @@ class Encoder:
     def audio_sample_rate(self) -> int:
         return self.require_audio().cfg.sample_rate
 
+    @property
+    def decode_sample_rate(self) -> int:
+        """The rate audio is decoded at: the audio tower's, or 16 kHz for a bundle without one
+        (its videos still decode; their tracks are just not embedded)."""
+        return self.audio_sample_rate if self.has_audio else 16_000
+
     def embed_audio_clips(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         """Each clip as one window -> (n, dim). Clips of equal length share a forward pass."""
         tower = self.require_audio()

@@ -10,7 +10,6 @@ import numpy as np
 
 from encoders.calibration import Calibration
 from encoders.embed import Embedder, Failure
-from encoders.errors import EncoderError
 from encoders.inputs import AudioInput, EmbedInput, ImageInput, TextInput, VideoInput
 from encoders.modality import Modality
 from indexer.schema import PointPayload, StoredPoint, StoreInfo
@@ -68,11 +67,6 @@ class QueryService:
             else:
                 inputs[i] = self._embed_input(q, where)
         if inputs:
-            if any(isinstance(x, AudioInput) for x in inputs.values()):
-                try:
-                    self.embedder.encoder.require_audio()
-                except EncoderError as exc:
-                    raise InvalidArgument(str(exc)) from exc
             ctx.check()
             embedded = self.embedder.embed(
                 list(inputs.values()), check=ctx.check, time_left=ctx.remaining, video_audio=False

@@ -60,7 +60,7 @@ def build_services(config: ServerConfig) -> Services:
     )
     encoder = Encoder(bundle)
     decoder = MediaDecoder(
-        sample_rate=encoder.audio_sample_rate if encoder.has_audio else 16_000,
+        sample_rate=encoder.decode_sample_rate,
         max_audio_seconds=config.max_audio_seconds,
         max_video_seconds=config.max_video_seconds,
         max_frame_pixels=config.max_frame_pixels,
