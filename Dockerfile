@@ -1,9 +1,12 @@
 # mmsearch server image. Build context: the repository root.
 #
 #   docker build -t mmsearch .
-#   docker run -p 50051:50051 -v mmsearch-data:/data mmsearch    # tiny bundle, embedded store in /data
+#   docker run --rm -v mmsearch-data:/data mmsearch keys create --keys-file /data/keys.json --tenant acme --scopes read,write
+#   docker run -p 50051:50051 -v mmsearch-data:/data -e MMSEARCH_KEYS_FILE=/data/keys.json mmsearch
 #   docker run ... mmsearch serve --bundle openclip:ViT-B-32/laion2b_s34b_b79k
 #
+# The server binds 0.0.0.0 inside the container, so it refuses to start without API keys
+# (MMSEARCH_KEYS_FILE) unless told MMSEARCH_INSECURE=1 (a private network you trust).
 # Settings come from MMSEARCH_* variables (README); the port is MMSEARCH_PORT, which the health
 # check reads too. The container runs as an unprivileged user (uid 10001) that owns /data; a bind
 # mount must be writable by that uid.

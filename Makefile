@@ -50,6 +50,8 @@ serve: install
 bench: install
 	$(PY) bench/store.py
 	$(PY) bench/ingest_media.py
+	$(PY) bench/ingest.py
+	$(PY) bench/query.py
 	$(PY) bench/quality.py
 	$(PY) bench/hostile.py
 

@@ -1,10 +1,17 @@
 """Score calibration per (query modality, target modality) pair.
 
 Raw cosine scores are not comparable across pairs: text->image similarities live in another range
-than audio->video ones. A bundle can carry one logistic (Platt) map per pair, fitted on labelled
-held-out pairs, that turns a raw score into an estimated probability of relevance; then one
-threshold means the same for every pair. Pairs without a fitted map fall back to the raw cosine
-clipped to [0, 1], and say so (`fitted`).
+than audio->video ones. A bundle can carry one logistic map per pair, fitted on labelled held-out
+pairs, so that one threshold means the same for every pair. Two fits give the map its meaning:
+
+- :func:`fit_relevant_quantiles` (what the trainer fits): the calibrated score estimates the share
+  of the pair's relevant results that score lower, so a calibrated threshold t keeps about 1 - t
+  of the relevant results of every pair, however separable the pair is;
+- :func:`fit_platt`: the calibrated score estimates the probability that a result is relevant.
+  A threshold then keeps a share of the relevant results that depends on how well the pair
+  separates them (most of them for text->image, few for a weak pair).
+
+Pairs without a fitted map fall back to the raw cosine clipped to [0, 1], and say so (`fitted`).
 """
 
 from __future__ import annotations
@@ -54,6 +61,19 @@ class Calibration:
             return cls()
         raw = json.loads(path.read_text())
         return cls({k: Platt(float(v["a"]), float(v["b"])) for k, v in raw.items()})
+
+
+def fit_relevant_quantiles(scores: np.ndarray, relevant: np.ndarray) -> Platt:
+    """The logistic distribution matched to the median and quartiles of the relevant results'
+    scores, as a map: calibrated(s) estimates the share of relevant results scoring below s.
+    Quantiles, not a mean and variance, so a few outliers do not move it."""
+    rel = np.asarray(scores, dtype=np.float64)[np.asarray(relevant, dtype=bool)]
+    if len(rel) < 2:
+        raise ValueError("calibration needs at least two relevant scores for the pair")
+    q1, median, q3 = np.quantile(rel, [0.25, 0.5, 0.75])
+    # A logistic with scale s has its quartiles at median -/+ s*ln(3).
+    a = 2 * math.log(3) / max(float(q3 - q1), 1e-6)
+    return Platt(a, -a * float(median))
 
 
 def fit_platt(scores: np.ndarray, relevant: np.ndarray, *, iterations: int = 100) -> Platt:

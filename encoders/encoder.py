@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from open_clip.model import CLIP
+from open_clip.transformer import text_global_pool
 from PIL import Image
 
 from encoders.audio import AudioTower
@@ -29,6 +32,10 @@ class Encoder:
         # Two tokens of the context are the start and end markers.
         self.max_chunk_tokens = bundle.context_length - 2
         self._token_cache: dict[str, int] = {}
+        # A causal text tower pooled at the end-of-text token never looks past it, so a batch's
+        # padding beyond its longest text can be cut off: same vectors, a fraction of the work
+        # for short texts (queries) that open_clip pads to the full context.
+        self.trims_text = trimmable_text_tower(bundle.model)
 
     @property
     def dim(self) -> int:
@@ -37,8 +44,21 @@ class Encoder:
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, dim) float32, unit-norm rows."""
         out = [
-            self._forward_images(images[i : i + self.batch_size])
+            self._forward_pixels(self.preprocess_images(images[i : i + self.batch_size]))
             for i in range(0, len(images), self.batch_size)
+        ]
+        return self._stack(out)
+
+    def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The image tower's input for `images`: (n, 3, H, W), on the CPU. Separate from the
+        forward pass so that callers can preprocess in parallel and batch the forward."""
+        return torch.stack([self.bundle.preprocess(img) for img in images])
+
+    def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """(n, dim) for preprocessed images (see :meth:`preprocess_images`)."""
+        out = [
+            self._forward_pixels(pixels[i : i + self.batch_size])
+            for i in range(0, len(pixels), self.batch_size)
         ]
         return self._stack(out)
 
@@ -117,8 +137,7 @@ class Encoder:
                 self._token_cache[word] = cached
         return cached
 
-    def _forward_images(self, batch: Sequence[Image.Image]) -> torch.Tensor:
-        pixels = torch.stack([self.bundle.preprocess(img) for img in batch])
+    def _forward_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         with self._inference():
             feats = self.bundle.model.encode_image(self._to_device(pixels))  # type: ignore[operator]
         return feats
@@ -126,6 +145,8 @@ class Encoder:
     def _forward_texts(self, batch: Sequence[str]) -> torch.Tensor:
         tokens = self.bundle.tokenizer(list(batch))
         with self._inference():
+            if self.trims_text:
+                return encode_text_trimmed(self.bundle.model, self._to_device(tokens))
             feats = self.bundle.model.encode_text(self._to_device(tokens))  # type: ignore[operator]
         return feats
 
@@ -153,3 +174,49 @@ class Encoder:
         # Normalise in float32 after autocast so stored vectors are unit-norm to float precision.
         feats = torch.nn.functional.normalize(feats, dim=-1)
         return feats.cpu().numpy().astype(np.float32, copy=False)
+
+
+def trimmable_text_tower(model: torch.nn.Module) -> bool:
+    """Whether `model`'s text tower is open_clip's own CLIP tower with a causal mask and pooling
+    at the end-of-text token: then nothing after that token reaches the output. Subclasses and
+    other towers (HF text models, CoCa) may attend or pool differently: they keep full padding."""
+    return (
+        type(model) is CLIP
+        and getattr(model, "attn_mask", None) is not None
+        and (
+            getattr(model, "text_pool_type", None) == "argmax"
+            or (
+                getattr(model, "text_pool_type", None) == "eos"
+                and getattr(model, "text_eos_id", None) is not None
+            )
+        )
+    )
+
+
+def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text(tokens)` with the padding after the batch's last pooled token cut off.
+
+    open_clip's CLIP.encode_text adds the whole positional table and the whole causal mask, so
+    it only takes full-context input; this is the same computation on the first L positions
+    (L = the last pooled position + 1). Causality makes it exact: position i attends to
+    positions <= i only, and the pooled position is < L in every row. Only for towers that
+    :func:`trimmable_text_tower` accepts."""
+    m: Any = model  # open_clip's CLIP: its attributes are typed as Tensor | Module
+    pool_type = str(m.text_pool_type)
+    eos_id = m.text_eos_id
+    pooled_at = (
+        tokens.argmax(dim=-1) if pool_type == "argmax" else torch.eq(tokens, eos_id).int().argmax(dim=-1)
+    )
+    length = int(pooled_at.max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = m.transformer.get_cast_dtype()
+    x = m.token_embedding(tokens).to(cast_dtype)
+    x = x + m.positional_embedding[:length].to(cast_dtype)
+    x = m.transformer(x, attn_mask=m.attn_mask[:length, :length])
+    x = m.ln_final(x)
+    x = text_global_pool(x, tokens, pool_type, eos_token_id=eos_id)
+    projection = m.text_projection
+    if isinstance(projection, torch.nn.Linear):
+        out: torch.Tensor = projection(x)
+        return out
+    return x @ projection if projection is not None else x

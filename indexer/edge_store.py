@@ -6,7 +6,7 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -14,12 +14,14 @@ import numpy as np
 import qdrant_edge as qe
 
 from indexer import query_plan as qp
+from indexer.edge_layout import LayoutError, collection_dir, live_collection
 from indexer.filters import FilterSpec, Range
 from indexer.schema import (
     DENSE,
     FRAMES,
     KEYWORD_INDEXES,
     CollectionSchema,
+    Key,
     PointRecord,
     StoredPoint,
     named_vectors,
@@ -39,9 +41,10 @@ LOCK_FILE = ".lock"
 
 
 class EdgeStore(VectorStore):
-    """A VectorStore over one Qdrant Edge shard in `path`.
+    """A VectorStore over one Qdrant Edge shard: the live collection of the data directory
+    `path`, or the one named by `collection` (indexer.edge_layout).
 
-    One process owns the directory (an exclusive lock on `path/.lock`); a second opener gets
+    One process owns a collection (an exclusive lock on its `.lock`); a second opener gets
     StoreLockedError before touching any file.
     """
 
@@ -55,8 +58,15 @@ class EdgeStore(VectorStore):
         hnsw_m: int = 16,
         hnsw_ef_construct: int = 128,
         hnsw_ef: int = 128,
+        collection: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.root = Path(path)
+        try:
+            self.collection = live_collection(self.root) if collection is None else collection
+        except LayoutError as exc:
+            raise StoreError(str(exc)) from None
+        self.path = collection_dir(self.root, self.collection)
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_file = self._acquire_lock()
         try:
@@ -92,10 +102,9 @@ class EdgeStore(VectorStore):
             else:
                 self._shard = qe.EdgeShard.create(str(shard_path), config)
                 for key in KEYWORD_INDEXES:
-                    self._shard.update(
-                        qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword)
-                    )
-                (self.path / SCHEMA_FILE).write_text(json.dumps(self.schema.to_metadata(), indent=2))
+                    self._shard.update(qe.UpdateOperation.create_field_index(key, _keyword_index(key)))
+                meta = self.schema.to_metadata() | dict(metadata or {})
+                (self.path / SCHEMA_FILE).write_text(json.dumps(meta, indent=2))
         except BaseException:
             self._release_lock()
             raise
@@ -137,8 +146,9 @@ class EdgeStore(VectorStore):
             return schema
         meta = json.loads(meta_path.read_text())
         if meta.get("bundle_id") != schema.bundle_id:
+            built_by = f" (built by bundle {meta['bundle']})" if meta.get("bundle") else ""
             raise BundleMismatchError(
-                f"embedded store {self.path}", str(meta.get("bundle_id")), schema.bundle_id
+                f"embedded store {self.path}{built_by}", str(meta.get("bundle_id")), schema.bundle_id
             )
         if int(meta.get("dim", -1)) != schema.dim:
             raise StoreError(
@@ -168,6 +178,17 @@ class EdgeStore(VectorStore):
         with self._write_lock:
             self._shard.optimize()
             self._shard.flush()
+
+    def create_field_index(self, key: str, kind: str) -> None:
+        if kind not in _FIELD_TYPES:
+            raise ValueError(f"payload index type {kind!r}: one of {', '.join(_FIELD_TYPES)}")
+        with self._write_lock:
+            self._shard.update(qe.UpdateOperation.create_field_index(key, _FIELD_TYPES[kind]))
+
+    def field_indexes(self) -> dict[str, str]:
+        kinds = {v: k for k, v in _FIELD_TYPES.items()}
+        schema = self._shard.info().payload_schema
+        return {key: kinds.get(info.data_type, "keyword") for key, info in schema.items()}
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -205,6 +226,22 @@ class EdgeStore(VectorStore):
             self._shard.flush()
             self._shard.close()
         self._release_lock()
+
+
+def _keyword_index(key: str) -> qe.PayloadSchemaType | qe.KeywordIndexParams:
+    # The tenant index is a tenant index: the engine keeps each tenant's points together.
+    if key == Key.TENANT:
+        return qe.KeywordIndexParams(is_tenant=True)
+    return qe.PayloadSchemaType.Keyword
+
+
+_FIELD_TYPES = {
+    "keyword": qe.PayloadSchemaType.Keyword,
+    "integer": qe.PayloadSchemaType.Integer,
+    "float": qe.PayloadSchemaType.Float,
+    "bool": qe.PayloadSchemaType.Bool,
+    "text": qe.PayloadSchemaType.Text,
+}
 
 
 def _filter(spec: FilterSpec | None) -> qe.Filter | None:
@@ -246,6 +283,9 @@ class _EdgeTranslator:
 
     def has_id(self, ids: tuple[str, ...]) -> qe.HasIdCondition:
         return qe.HasIdCondition(set(ids))
+
+    def is_empty(self, key: str) -> qe.IsEmptyCondition:
+        return qe.IsEmptyCondition(key)
 
     def filter(
         self, must: list[Any] | None, must_not: list[Any] | None, should: list[Any] | None

@@ -33,7 +33,15 @@ class Range:
     lte: float | None = None
 
 
-Condition = Match | MatchAny | Range
+@dataclass(frozen=True)
+class IsEmpty:
+    """The key is absent, null or an empty list. Not a client filter (the API has no such
+    condition): the default tenant's scope, whose points carry no tenant (indexer.tenancy)."""
+
+    key: str
+
+
+Condition = Match | MatchAny | Range | IsEmpty
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,8 @@ def validate(spec: FilterSpec, *, field_name: str = "filter") -> FilterSpec:
                 if not c.values:
                     raise FilterError(f"{where}: any_of on {key!r} lists no values")
                 out.append(MatchAny(mapped, c.values))
+            elif isinstance(c, IsEmpty):
+                out.append(IsEmpty(mapped))
             else:
                 bounds = [b for b in (c.gt, c.gte, c.lt, c.lte) if b is not None]
                 if not bounds:

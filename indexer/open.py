@@ -19,11 +19,17 @@ def open_store(
     collection: str = DEFAULT_COLLECTION,
     shards: int | None = None,
     replication: int | None = None,
+    write_consistency: int | None = None,
 ) -> VectorStore:
     schema = CollectionSchema(bundle_id=schema.bundle_id, dim=schema.dim, name=collection)
     if qdrant_url:
         return QdrantStore(
-            qdrant_url, schema, api_key=api_key, shard_number=shards, replication_factor=replication
+            qdrant_url,
+            schema,
+            api_key=api_key,
+            shard_number=shards,
+            replication_factor=replication,
+            write_consistency_factor=write_consistency,
         )
     if data_dir is None:
         raise ValueError("either data_dir (embedded store) or qdrant_url (Qdrant server) is required")

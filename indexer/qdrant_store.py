@@ -5,18 +5,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qdrant_client import QdrantClient, models
 
 from indexer import query_plan as qp
 from indexer.filters import FilterSpec, Range
+from indexer.qdrant_aliases import live_collection
 from indexer.schema import (
     DENSE,
     FRAMES,
     KEYWORD_INDEXES,
     CollectionSchema,
+    Key,
     PointRecord,
     StoredPoint,
     named_vectors,
@@ -25,7 +27,9 @@ from indexer.store import BundleMismatchError, VectorStore, check_shapes, stored
 
 
 class QdrantStore(VectorStore):
-    """A VectorStore over one collection of a Qdrant server or cluster."""
+    """A VectorStore over one collection of a Qdrant server or cluster: the one the live alias
+    of `schema.name` names (indexer.qdrant_aliases), else `schema.name` itself; or the physical
+    collection `collection` when given."""
 
     kind = "qdrant"
 
@@ -41,7 +45,11 @@ class QdrantStore(VectorStore):
         write_consistency_factor: int | None = None,
         timeout: int = 30,
         client: QdrantClient | None = None,
+        collection: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> None:
+        _check_cluster_settings(shard_number, replication_factor, write_consistency_factor)
+        self._owns_client = client is None
         if client is not None:  # a caller-owned client (shared connection pool, tests)
             self._client = client
         elif url == ":memory:":
@@ -53,12 +61,14 @@ class QdrantStore(VectorStore):
         self._translator = _QdrantTranslator(self._in_process)
         self.hnsw_ef = hnsw_ef
         self.schema = schema
-        name = schema.name
+        # Resolved once: every call goes to the collection whose bundle was checked here.
+        self.collection = name = collection or live_collection(self._client, schema.name)
         if self._client.collection_exists(name):
             meta = self._client.get_collection(name).config.metadata or {}
             stored = str(meta.get("bundle_id"))
             if stored != schema.bundle_id:
-                raise BundleMismatchError(f"collection {name!r} at {url}", stored, schema.bundle_id)
+                built_by = f" (built by bundle {meta['bundle']})" if meta.get("bundle") else ""
+                raise BundleMismatchError(f"collection {name!r} at {url}{built_by}", stored, schema.bundle_id)
         else:
             self._client.create_collection(
                 name,
@@ -87,18 +97,18 @@ class QdrantStore(VectorStore):
                 shard_number=shard_number,
                 replication_factor=replication_factor,
                 write_consistency_factor=write_consistency_factor,
-                metadata=schema.to_metadata(),
+                metadata=schema.to_metadata() | dict(metadata or {}),
             )
             if not self._in_process:  # in-process mode ignores payload indexes and warns about them
                 for key in KEYWORD_INDEXES:
-                    self._client.create_payload_index(name, key, models.PayloadSchemaType.KEYWORD)
+                    self._client.create_payload_index(name, key, _keyword_index(key))
 
     def upsert(self, points: Sequence[PointRecord]) -> None:
         if not points:
             return
         check_shapes(points, self.schema.dim)
         self._client.upsert(
-            self.schema.name,
+            self.collection,
             points=[models.PointStruct(id=p.id, vector=named_vectors(p), payload=p.payload) for p in points],
             wait=True,
         )
@@ -106,37 +116,46 @@ class QdrantStore(VectorStore):
     def delete(self, ids: Sequence[str]) -> None:
         if ids:
             self._client.delete(
-                self.schema.name, points_selector=models.PointIdsList(points=list(ids)), wait=True
+                self.collection, points_selector=models.PointIdsList(points=list(ids)), wait=True
             )
 
     def optimize(self) -> None:
         # The server's optimizers run in the background on their own; nothing to trigger.
         return None
 
+    def create_field_index(self, key: str, kind: str) -> None:
+        schema = models.PayloadSchemaType(kind)  # ValueError names an unknown type
+        if not self._in_process:  # in-process mode ignores payload indexes and warns about them
+            self._client.create_payload_index(self.collection, key, schema, wait=True)
+
+    def field_indexes(self) -> dict[str, str]:
+        schema = self._client.get_collection(self.collection).payload_schema or {}
+        return {key: str(models.PayloadSchemaType(info.data_type).value) for key, info in schema.items()}
+
     def query_batch(self, plans: Sequence[qp.QueryPlan]) -> list[list[StoredPoint]]:
         if not plans:
             return []
         requests = [qp.translate(qp.stage_tree(p, hnsw_ef=self.hnsw_ef), self._translator) for p in plans]
         # One round trip for the whole batch.
-        responses = self._client.query_batch_points(self.schema.name, requests=requests)
+        responses = self._client.query_batch_points(self.collection, requests=requests)
         return [[stored_point(p) for p in r.points] for r in responses]
 
     def get(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:
         if not ids:
             return []
         records = self._client.retrieve(
-            self.schema.name, ids=list(ids), with_payload=True, with_vectors=with_vectors
+            self.collection, ids=list(ids), with_payload=True, with_vectors=with_vectors
         )
         return [stored_point(r) for r in records]
 
     def count(self, filter: FilterSpec | None = None) -> int:
-        return int(self._client.count(self.schema.name, count_filter=_filter(filter), exact=True).count)
+        return int(self._client.count(self.collection, count_filter=_filter(filter), exact=True).count)
 
     def scroll(
         self, *, limit: int, offset: str | None = None, filter: FilterSpec | None = None
     ) -> tuple[list[StoredPoint], str | None]:
         records, next_offset = self._client.scroll(
-            self.schema.name,
+            self.collection,
             scroll_filter=_filter(filter),
             limit=limit,
             offset=offset,
@@ -145,8 +164,40 @@ class QdrantStore(VectorStore):
         points = [stored_point(r) for r in records]
         return points, (str(next_offset) if next_offset is not None else None)
 
+    @property
+    def client(self) -> QdrantClient:
+        return self._client
+
     def close(self) -> None:
-        self._client.close()
+        if self._owns_client:  # a caller's client stays open for its other users
+            self._client.close()
+
+
+def _check_cluster_settings(
+    shard_number: int | None, replication_factor: int | None, write_consistency_factor: int | None
+) -> None:
+    """Refuse impossible cluster settings here, with their names, rather than as a server error."""
+    named = {
+        "shard_number (MMSEARCH_QDRANT_SHARDS)": shard_number,
+        "replication_factor (MMSEARCH_QDRANT_REPLICATION)": replication_factor,
+        "write_consistency_factor (MMSEARCH_QDRANT_WRITE_CONSISTENCY)": write_consistency_factor,
+    }
+    for name, value in named.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if write_consistency_factor is not None and write_consistency_factor > (replication_factor or 1):
+        raise ValueError(
+            f"write_consistency_factor {write_consistency_factor} exceeds the replication_factor "
+            f"{replication_factor or 1}: a write cannot be acknowledged by more replicas than exist"
+        )
+
+
+def _keyword_index(key: str) -> models.PayloadSchemaType | models.KeywordIndexParams:
+    # The tenant index is a tenant index: Qdrant keeps each tenant's points together on disk
+    # and plans a tenant's filtered searches by it.
+    if key == Key.TENANT:
+        return models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)
+    return models.PayloadSchemaType.KEYWORD
 
 
 def _filter(spec: FilterSpec | None) -> models.Filter | None:
@@ -191,6 +242,9 @@ class _QdrantTranslator:
 
     def has_id(self, ids: tuple[str, ...]) -> models.HasIdCondition:
         return models.HasIdCondition(has_id=list(ids))
+
+    def is_empty(self, key: str) -> models.IsEmptyCondition:
+        return models.IsEmptyCondition(is_empty=models.PayloadField(key=key))
 
     def filter(
         self, must: list[Any] | None, must_not: list[Any] | None, should: list[Any] | None

@@ -16,7 +16,7 @@ from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
-from indexer.filters import Condition, FilterSpec, Match, MatchAny, Range
+from indexer.filters import Condition, FilterSpec, IsEmpty, Match, MatchAny, Range
 from indexer.schema import DENSE, FRAMES
 
 RRF_K = 60  # the usual reciprocal-rank-fusion constant
@@ -236,6 +236,7 @@ class Translator(Protocol[R_co]):
     def match_any(self, key: str, values: tuple[str, ...]) -> Any: ...
     def range(self, cond: Range) -> Any: ...
     def has_id(self, ids: tuple[str, ...]) -> Any: ...
+    def is_empty(self, key: str) -> Any: ...
     def filter(self, must: list[Any] | None, must_not: list[Any] | None, should: list[Any] | None) -> Any: ...
     def params(self, params: Params) -> Any: ...
     def prefetch(self, stage: Stage, parts: Parts) -> Any: ...
@@ -283,4 +284,6 @@ def _condition(c: PointCondition, t: Translator[Any]) -> Any:
         return t.match_any(c.key, c.values)
     if isinstance(c, HasId):
         return t.has_id(c.ids)
+    if isinstance(c, IsEmpty):
+        return t.is_empty(c.key)
     return t.range(c)

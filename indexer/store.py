@@ -25,7 +25,8 @@ class BundleMismatchError(StoreError):
         super().__init__(
             f"{where} holds vectors from bundle {stored}, but bundle {requested} was requested. "
             "Vectors from different bundles are not comparable: load the bundle that built this "
-            "index, or use a new data directory / collection and re-ingest."
+            "index, rebuild it under this bundle (`mmsearch reindex --bundle ...`), or use a new "
+            "data directory / collection and re-ingest."
         )
         self.stored = stored
         self.requested = requested
@@ -142,6 +143,15 @@ class VectorStore(Protocol):
     def optimize(self) -> None:
         """Build pending indexes (HNSW) so queries run at full speed."""
         ...
+
+    def create_field_index(self, key: str, kind: str) -> None:
+        """Index the payload field `key` (a dotted path such as ``meta.year``) as `kind`:
+        keyword, integer, float, bool or text, so filters on it stay fast. Idempotent."""
+        raise StoreError(f"the {self.kind} store cannot index payload fields")
+
+    def field_indexes(self) -> dict[str, str]:
+        """The payload fields with an index, and their kinds (as create_field_index takes them)."""
+        return {}
 
     def info(self) -> StoreInfo:
         """Point counts, in all and per modality."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from mmsearch import cli_train
+from mmsearch import cli_auth, cli_ingest, cli_reindex, cli_train, ray_cli
 from mmsearch import client as mc
 
 if TYPE_CHECKING:
@@ -37,17 +38,38 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one)")
     serve.add_argument("--max-top-k", type=int, help="largest top_k a query may ask for (default 1000)")
+    serve.add_argument(
+        "--keys-file", type=Path, help="API keys file: every call needs a key ($MMSEARCH_KEYS_FILE)"
+    )
+    serve.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without API keys")
+    serve.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate chain (PEM)")
+    serve.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    serve.add_argument(
+        "--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)"
+    )
+    serve.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on this port (0: a free one; default off)"
+    )
+    serve.add_argument(
+        "--log-format", choices=("text", "json"), help="log lines as text (default) or one JSON object each"
+    )
 
     ingest = sub.add_parser("ingest", help="index a folder (or one file) of images, texts, audio and video")
-    ingest.add_argument("path", type=Path)
+    ingest.add_argument("path", type=Path, nargs="?", help="a folder or one file (or give --manifest)")
     ingest.add_argument("--server", help="HOST:PORT of a running server; default writes the local store")
+    cli_auth.add_client_flags(ingest)
     _add_store_flags(ingest)
-    ingest.add_argument("--batch-size", type=int, default=32, help="files per batch (default 32)")
+    ingest.add_argument(
+        "--batch-size", type=int, help="items per forward pass (default 64; with --server, the server's own)"
+    )
     ingest.add_argument("--json", action="store_true", help="print the summary as JSON")
     ingest.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    cli_ingest.add_local_flags(ingest)
+    ray_cli.add_ray_flags(ingest)
 
     search = sub.add_parser("search", help="query by text, image, audio, video or stored id")
     search.add_argument("--server", help="HOST:PORT of a running server; default opens the local store")
+    cli_auth.add_client_flags(search)
     _add_store_flags(search)
     q = search.add_mutually_exclusive_group(required=True)
     q.add_argument("--text")
@@ -75,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
 
     mine = sub.add_parser("mine", help="hard negatives for query inputs or positive ids (server)")
     mine.add_argument("--server", required=True, help="HOST:PORT of a running server")
+    cli_auth.add_client_flags(mine)
     mine.add_argument("--text", action="append", default=[])
     mine.add_argument("--image", type=Path, action="append", default=[])
     mine.add_argument("--audio", type=Path, action="append", default=[])
@@ -93,15 +116,19 @@ def _parser() -> argparse.ArgumentParser:
 
     stats = sub.add_parser("stats", help="index size and bundle")
     stats.add_argument("--server", help="HOST:PORT of a running server; default opens the local store")
+    cli_auth.add_client_flags(stats)
     _add_store_flags(stats)
     stats.add_argument("--json", action="store_true")
 
     health = sub.add_parser("health", help="exit 0 when a server reports SERVING (container health checks)")
     health.add_argument("--server", required=True, help="HOST:PORT of a running server")
+    cli_auth.add_client_flags(health)
     health.add_argument("--service", default="", help="a service name (default: the whole server)")
     health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
 
+    cli_reindex.add_parser(sub, _add_store_flags, cli_auth.add_client_flags)
     cli_train.add_parsers(sub)
+    cli_auth.add_keys_parser(sub)
     demo = sub.add_parser("demo", help="sample library -> train -> ingest -> serve -> cross-modal queries")
     demo.add_argument("--dir", type=Path, default=Path("demo"), help="working folder (default ./demo)")
     demo.add_argument("--retrain", action="store_true", help="train the starter bundle even if cached")
@@ -109,6 +136,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before torch loads OpenMP: its threads sleep at a barrier instead of spinning. Decoder
+    # workers share the cores with the model, and spinning threads then wait on descheduled
+    # ones for whole time slices (measured on 2 cores: a batch of 64 images 7x slower).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = _parser().parse_args(argv)
     # Libraries (open_clip logs every loading step at INFO) stay at WARNING; ours at INFO.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -127,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "demo": _demo,
             "mine": _mine,
             "health": _health,
+            "keys": cli_auth.run_keys,
+            "reindex": cli_reindex.run,
         }[args.command]
         return handler(args)
     except grpc.RpcError as exc:
@@ -142,18 +175,24 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Errors reported as one line. Called only once an exception is raised (an ``except``
     clause is evaluated lazily), so the ``--server`` commands never load the store modules."""
     from encoders.errors import EncoderError
+    from indexer.ingest_flow import IngestAborted
+    from indexer.journal import JournalError
+    from indexer.manifest import ManifestError
     from indexer.store import StoreError
 
-    return (StoreError, OSError, ValueError, EncoderError)
+    return (StoreError, OSError, ValueError, EncoderError, IngestAborted, JournalError, ManifestError)
 
 
 # Local-mode handlers import the server, indexer and model code where they run: the
 # ``--server`` paths load only the gRPC client (no torch, no open_clip) and start fast.
 def _serve(args: argparse.Namespace) -> int:
     from mmsearch.settings import server_config
-    from server.app import run
+    from server.auth import check_exposure
 
     config = server_config(args)
+    check_exposure(config, warn=False)  # a refused setting fails before the model code loads
+
+    from server.app import run
 
     def ready(port: int) -> None:
         where = config.qdrant_url or str(config.data_dir)
@@ -171,34 +210,18 @@ def _local_services(args: argparse.Namespace) -> Services:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from indexer.ingest import ingest_path
+    if args.ray is not None:
+        summary = ray_cli.run_ray(args)
+    elif args.server:
+        from mmsearch.remote_ingest import run_remote
 
-    progress = not args.no_progress
-    if args.server:
-        from mmsearch.remote import remote_sink
-
-        with mc.MMSearchClient(args.server) as client:
-            summary = ingest_path(
-                args.path, remote_sink(client), batch_items=args.batch_size, progress=progress
-            )
+        summary = run_remote(args)
     else:
-        services = _local_services(args)
-        try:
-            summary = ingest_path(
-                args.path, services.writes.indexer.index, batch_items=args.batch_size, progress=progress
-            )
-            services.store.optimize()
-        finally:
-            services.close()
+        summary = cli_ingest.run_local(args)
     if args.json:
         print(json.dumps(summary.to_json()))
     else:
-        print(
-            f"indexed {summary.indexed}, unchanged {summary.unchanged}, skipped {summary.skipped}, "
-            f"failed {summary.failed} ({summary.points} points, {summary.seconds:.1f} s)"
-        )
-        for err in summary.errors:
-            print(f"  failed: {err.path}: {err.reason}")
+        cli_ingest.print_summary(summary)
     return 0
 
 
@@ -218,7 +241,7 @@ def _search(args: argparse.Namespace) -> int:
         calibrated_threshold=args.calibrated_threshold,
     )
     if args.server:
-        with mc.MMSearchClient(args.server) as client:
+        with cli_auth.connect(args) as client:
             resp = client.search_request(request)
         hits = [mc.hit_to_dict(h) for h in resp.hits]
     else:
@@ -249,7 +272,7 @@ def _mine(args: argparse.Namespace) -> int:
     queries = [mc.query_input(text=t) for t in args.text]
     for kind in ("image", "audio", "video"):
         queries += [mc.query_input(**{kind: p.read_bytes()}) for p in getattr(args, kind)]
-    with mc.MMSearchClient(args.server) as client:
+    with cli_auth.connect(args) as client:
         resp = client.mine(
             queries=queries,
             positive_ids=args.positive,
@@ -287,7 +310,7 @@ def _local_search(args: argparse.Namespace, request: mc.pb.SearchRequest) -> lis
 
 def _stats(args: argparse.Namespace) -> int:
     if args.server:
-        with mc.MMSearchClient(args.server) as client:
+        with cli_auth.connect(args) as client:
             s = client.stats()
         out: dict[str, Any] = {
             "points": s.points,
@@ -322,7 +345,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    with mc.MMSearchClient(args.server, timeout=args.timeout) as client:
+    with cli_auth.connect(args, timeout=args.timeout) as client:
         status = client.health(args.service)
     print(status)
     return 0 if status == "SERVING" else 1

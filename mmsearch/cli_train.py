@@ -10,8 +10,14 @@ from typing import Any
 
 
 def add_parsers(sub: Any) -> None:
-    sample = sub.add_parser("sample-data", help='generate the "digits world" sample library')
+    sample = sub.add_parser("sample-data", help="generate a sample library (digits or hard world)")
     sample.add_argument("dir", type=Path)
+    sample.add_argument(
+        "--world",
+        choices=("digits", "hard"),
+        default="digits",
+        help="digits: ten classes (the demo's); hard: 320 fine-grained classes and minute-long videos",
+    )
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--force", action="store_true", help="regenerate even if the library is there")
     sample.add_argument("--json", action="store_true")
@@ -54,13 +60,15 @@ def add_parsers(sub: Any) -> None:
 
 
 def sample_data(args: argparse.Namespace) -> int:
-    from trainer.sample_data import generate_sample_library
+    from trainer.worlds import generate_world
 
-    summary = generate_sample_library(args.dir, seed=args.seed, force=args.force)
-    info = {
+    summary = generate_world(args.world, args.dir, seed=args.seed, force=args.force)
+    info: dict[str, Any] = {
+        "world": args.world,
         "images": summary.images,
         "audio": summary.audio,
         "videos": summary.videos,
+        "long_videos": summary.long_videos,
         "train_pairs": summary.train_pairs,
         "test_pairs": summary.test_pairs,
         "train_manifest": str(summary.train_manifest),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -12,6 +12,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mmsearch.channel import Tls, open_channel
 from mmsearch.v1 import search_pb2 as pb
 from mmsearch.v1 import search_pb2_grpc as pb_grpc
 
@@ -30,16 +31,26 @@ class MMSearchClient:
     """Blocking client. Methods raise grpc.RpcError with the server's status and message."""
 
     def __init__(
-        self, target: str, *, timeout: float = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+        self,
+        target: str,
+        *,
+        timeout: float = 60.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        api_key: str | None = None,
+        tls: Tls | None = None,
     ) -> None:
+        """`api_key`: sent with every call (a server with keys requires one). `tls`: connect over
+        TLS, trusting `tls.ca` (or the system's roots), with a client certificate for mutual TLS."""
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
+        self._channel = open_channel(
             target,
-            options=[
+            [
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
             ],
+            api_key=api_key,
+            tls=tls,
         )
         self._stub = pb_grpc.SearchServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -162,6 +173,35 @@ class MMSearchClient:
 
     def stats(self) -> pb.StatsResponse:
         return self._stub.Stats(pb.StatsRequest(), timeout=self.timeout)
+
+    def ingest_stream(
+        self, requests: Iterator[pb.IngestRequest], *, timeout: float | None = None
+    ) -> Iterator[pb.IngestResponse]:
+        """The raw Ingest stream (mmsearch.remote_ingest drives it). No deadline unless `timeout`
+        is given: a bulk ingest runs as long as the library takes."""
+        responses: Iterator[pb.IngestResponse] = self._stub.Ingest(requests, timeout=timeout)
+        return responses
+
+    def write_points(self, bundle_id: str, points: Sequence[pb.PointData]) -> pb.WritePointsResponse:
+        """Write precomputed points (mmsearch.point_sink builds them from PointRecords). All or
+        none: INVALID_ARGUMENT names the first bad point, FAILED_PRECONDITION another bundle."""
+        request = pb.WritePointsRequest(bundle_id=bundle_id, points=list(points))
+        return self._stub.WritePoints(request, timeout=self.timeout)
+
+    def reindex(
+        self,
+        bundle: str,
+        *,
+        allow_missing: bool = False,
+        drop_old: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[pb.ReindexResponse]:
+        """Rebuild the server's index under `bundle` and switch to it (admin scope): progress
+        messages, then the report. No deadline unless `timeout`: it runs as long as the rebuild
+        takes; closing the stream early stops it (running it again resumes)."""
+        request = pb.ReindexRequest(bundle=bundle, allow_missing=allow_missing, drop_old=drop_old)
+        responses: Iterator[pb.ReindexResponse] = self._stub.Reindex(request, timeout=timeout)
+        return responses
 
 
 def modality(name: str) -> pb.Modality:

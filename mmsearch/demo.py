@@ -67,8 +67,7 @@ def _table(title: str, hits: list[dict[str, Any]], root: Path) -> None:
 
 
 def run_demo(workdir: Path, *, retrain: bool = False) -> int:
-    from indexer.ingest import ingest_path
-    from mmsearch.remote import remote_sink
+    from mmsearch.remote_ingest import ingest_remote
     from trainer.sample_data import generate_sample_library
 
     started = time.perf_counter()
@@ -93,9 +92,11 @@ def run_demo(workdir: Path, *, retrain: bool = False) -> int:
         with mc.MMSearchClient(target) as client:
             client.wait_ready(60)
             for folder in ("images/test", "audio/test", "videos/test"):
-                summary = ingest_path(lib / folder, remote_sink(client), progress=False)
+                # The same streaming ingest as `mmsearch ingest PATH --server`.
+                summary = ingest_remote(client, lib / folder)
                 print(
-                    f"{folder}: indexed {summary.indexed}, failed {summary.failed} in {summary.seconds:.1f} s"
+                    f"{folder}: indexed {summary.indexed}, failed {summary.failed + summary.quarantined} "
+                    f"in {summary.seconds:.1f} s"
                 )
             stats = client.stats()
             print(f"serving {stats.points} points on {target} (bundle {stats.bundle_id})")

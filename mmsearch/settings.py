@@ -24,8 +24,28 @@ LIMIT_SETTINGS = (
     "max_batch_items",
     "max_frame_pixels",
     "decoder_memory_limit",
+    # admission control and micro-batching (server.admission, server.batching)
+    "max_concurrent_rpcs",
+    "max_queued_rpcs",
+    "max_concurrent_heavy_rpcs",
+    "max_concurrent_writes",
+    "max_queued_heavy_rpcs",
+    "rate_limit_burst",
+    "batch_max_size",
+    "text_cache_size",
+    "store_batch_max_size",
+    "torch_threads",
+    # remote ingest (server.ingest)
+    "ingest_streams",
+    "ingest_spool_bytes",
 )
-FLOAT_LIMIT_SETTINGS = ("max_audio_seconds", "max_video_seconds")
+FLOAT_LIMIT_SETTINGS = (
+    "max_audio_seconds",
+    "max_video_seconds",
+    "max_deadline_seconds",
+    "rate_limit_per_second",
+    "batch_max_wait_ms",
+)
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
@@ -56,6 +76,17 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         **_caps(env),
         qdrant_shards=_opt_int(env.get(ENV_PREFIX + "QDRANT_SHARDS")),
         qdrant_replication=_opt_int(env.get(ENV_PREFIX + "QDRANT_REPLICATION")),
+        qdrant_write_consistency=_opt_int(env.get(ENV_PREFIX + "QDRANT_WRITE_CONSISTENCY")),
+        ingest_spool_dir=_opt_path(env.get(ENV_PREFIX + "INGEST_SPOOL_DIR")),
+        ingest_decode_workers=_opt_int(env.get(ENV_PREFIX + "INGEST_DECODE_WORKERS")),
+        keys_file=_opt_path(pick(getattr(args, "keys_file", None), "KEYS_FILE", None)),
+        insecure=bool(getattr(args, "insecure", False)) or _flag(env, "INSECURE"),
+        tls_cert=_opt_path(pick(getattr(args, "tls_cert", None), "TLS_CERT", None)),
+        tls_key=_opt_path(pick(getattr(args, "tls_key", None), "TLS_KEY", None)),
+        tls_client_ca=_opt_path(pick(getattr(args, "tls_client_ca", None), "TLS_CLIENT_CA", None)),
+        metrics_port=_opt_int(_opt(pick(getattr(args, "metrics_port", None), "METRICS_PORT", None))),
+        metrics_host=str(env.get(ENV_PREFIX + "METRICS_HOST", base.metrics_host)),
+        log_format=str(pick(getattr(args, "log_format", None), "LOG_FORMAT", base.log_format)),
     )
 
 
@@ -71,6 +102,19 @@ def _caps(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _opt_int(value: str | None) -> int | None:
     return int(value) if value else None
+
+
+def _opt_path(value: object) -> Path | None:
+    return None if value in (None, "") else Path(str(value))
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(ENV_PREFIX + name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{ENV_PREFIX}{name}={value!r}: expected 1/true/yes/on or 0/false/no/off")
 
 
 def _opt(value: object) -> str | None:

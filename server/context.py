@@ -21,6 +21,29 @@ DEFAULT_TENANT = "default"
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("mmsearch_request_id", default="-")
 
 
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the API key's id, tenant and scopes (server.keys.Scope values)."""
+
+    key_id: str  # "" on a server without keys
+    tenant: str
+    scopes: frozenset[str]
+    name: str = ""  # the key's label, for logs
+
+
+# What every call runs as on a server without keys (open, which only a loopback bind allows).
+OPEN_PRINCIPAL = Principal(key_id="", tenant=DEFAULT_TENANT, scopes=frozenset({"read", "write", "admin"}))
+# The current call's principal, set by server.auth.AuthInterceptor after checking its key;
+# the servicer reads it once, into RequestContext.tenant.
+principal_var: contextvars.ContextVar[Principal] = contextvars.ContextVar(
+    "mmsearch_principal", default=OPEN_PRINCIPAL
+)
+
+
+def current_principal() -> Principal:
+    return principal_var.get()
+
+
 @dataclass
 class RequestContext:
     tenant: str = DEFAULT_TENANT

@@ -8,7 +8,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 
 from encoders.modality import Modality
-from indexer.filters import Condition, FilterError, FilterSpec, Match, MatchAny, Range
+from indexer.filters import Condition, FilterError, FilterSpec, IsEmpty, Match, MatchAny, Range
 from indexer.inputs import ItemInput
 from indexer.schema import AUDIO_TRACK, VISUAL_TRACK, Key, PointPayload, StoredPoint
 from indexer.store import Stages
@@ -131,6 +131,9 @@ def _condition_to_proto(c: Condition) -> pb.Condition:
             if (value := getattr(c, bound)) is not None:
                 setattr(out.range, bound, value)
         return out
+    if isinstance(c, IsEmpty):
+        # Only the tenant scope uses it, added inside the store wrapper after every conversion.
+        raise TypeError(f"is-empty on {c.key!r} is a server-side scope condition with no wire form")
     if isinstance(c.value, bool):  # before int: a bool is an int
         return pb.Condition(key=c.key, boolean=c.value)
     if isinstance(c.value, int):

@@ -35,3 +35,7 @@ class DeadlineExceeded(RequestError):
 
 class Cancelled(RequestError):
     code = grpc.StatusCode.CANCELLED
+
+
+class Unavailable(RequestError):
+    code = grpc.StatusCode.UNAVAILABLE

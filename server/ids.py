@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from indexer.filters import FilterSpec, Match
 from indexer.schema import Key, StoredPoint
 from indexer.store import VectorStore, matching_ids
+from indexer.tenancy import tenant_store
 from server.context import RequestContext
 from server.errors import InvalidArgument, NotFound
 
@@ -40,7 +41,9 @@ class IdResolver:
                 canonical[r] = str(uuid.UUID(r))
             except ValueError:
                 continue
-        found = {p.id for p in self.store.get(list(set(canonical.values())))}
+        # The caller's tenant only: another tenant's id is unknown here, exactly like a missing one.
+        store = tenant_store(self.store, ctx.tenant)
+        found = {p.id for p in store.get(list(set(canonical.values())))}
         out: list[str] = []
         missing: list[str] = []
         for r in dict.fromkeys(raw):
@@ -48,7 +51,7 @@ class IdResolver:
             if r in canonical and canonical[r] in found:
                 out.append(canonical[r])
                 continue
-            by_external = matching_ids(self.store, FilterSpec(must=(Match(Key.EXTERNAL_ID, r),)))
+            by_external = matching_ids(store, FilterSpec(must=(Match(Key.EXTERNAL_ID, r),)))
             if by_external:
                 out.extend(by_external)
             else:
@@ -65,7 +68,8 @@ class IdResolver:
     ) -> list[StoredPoint]:
         """The stored points for `raw`, in the order given."""
         resolved = self.resolve(ctx, raw, field=field)
-        by_id = {p.id: p for p in self.store.get(resolved, with_vectors=with_vectors)}
+        store = tenant_store(self.store, ctx.tenant)
+        by_id = {p.id: p for p in store.get(resolved, with_vectors=with_vectors)}
         return [by_id[i] for i in resolved if i in by_id]
 
     def get_one(self, ctx: RequestContext, raw: str, *, field: str) -> StoredPoint:

@@ -74,7 +74,7 @@ class MiningService:
         for v in vectors:
             ctx.check()
             for h in mine_hard_negatives(
-                self.queries.store,
+                self.queries.store_for(ctx),
                 v,
                 params=params,
                 positive_score=best,

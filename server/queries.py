@@ -14,6 +14,7 @@ from encoders.inputs import AudioInput, EmbedInput, ImageInput, TextInput, Video
 from encoders.modality import Modality
 from indexer.schema import PointPayload, StoredPoint, StoreInfo
 from indexer.store import VectorStore
+from indexer.tenancy import DEFAULT_TENANT, tenant_store
 from server import limits, planner
 from server.config import ServerConfig
 from server.context import RequestContext
@@ -38,12 +39,17 @@ class QueryService:
         ids: IdResolver,
         config: ServerConfig,
         calibration: Calibration | None = None,
+        *,
+        scope_default: bool = True,
     ) -> None:
         self.embedder = embedder
         self.store = store
         self.ids = ids
         self.config = config
         self.calibration = calibration or embedder.encoder.bundle.calibration
+        # False only where no point can belong to another tenant (server.services.build_services):
+        # then the default tenant's scope would match every point and only slow queries down.
+        self.scope_default = scope_default
 
     @property
     def bundle_id(self) -> str:
@@ -97,7 +103,7 @@ class QueryService:
         plan = self._plan(ctx, query, params)
         encode_ms = (time.perf_counter() - start) * 1e3
         ctx.check()
-        outcome = planner.run(self.store, plan, params, spec, self.calibration, check=ctx.check)
+        outcome = planner.run(self.store_for(ctx), plan, params, spec, self.calibration, check=ctx.check)
         outcome.stage_ms["encode"] = encode_ms
         return outcome
 
@@ -124,7 +130,13 @@ class QueryService:
 
     def stats(self, ctx: RequestContext) -> StoreInfo:
         ctx.check()
-        return self.store.info()
+        return self.store_for(ctx).info()
+
+    def store_for(self, ctx: RequestContext) -> VectorStore:
+        """The store as the caller's tenant sees it: every read is scoped to that tenant."""
+        if ctx.tenant == DEFAULT_TENANT and not self.scope_default:
+            return self.store
+        return tenant_store(self.store, ctx.tenant)
 
     def _plan(self, ctx: RequestContext, query: QueryInput | MultiQuery, params: SearchParams) -> Plan:
         single = isinstance(query, QueryInput)

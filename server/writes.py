@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from indexer.inputs import ItemInput, ItemOutcome
 from indexer.items import ItemIndexer
 from indexer.store import VectorStore
+from indexer.tenancy import namespace, tenant_store
 from server import limits
 from server.config import ServerConfig
 from server.context import RequestContext
@@ -44,12 +45,25 @@ class WriteService:
                 good[i] = item
             except InvalidArgument as exc:  # the item fails alone; the rest are written
                 outcomes[i].error = exc.message
-        written = self.indexer.index(list(good.values()), check=ctx.check, time_left=ctx.remaining)
+        indexer = self.indexer_for(ctx)
+        written = indexer.index(list(good.values()), check=ctx.check, time_left=ctx.remaining)
         for i, outcome in zip(good, written, strict=True):
             outcomes[i] = outcome
         if any(o.error is None and not o.unchanged for o in outcomes):
             self._dirty.set()
         return outcomes
+
+    def indexer_for(self, ctx: RequestContext) -> ItemIndexer:
+        """An indexer that writes as the caller's tenant: ids in its namespace, its tenant on every
+        point, and the unchanged-content check and stale-point cleanup within its points only.
+        (`self.indexer` is the default tenant's, for local ingest without a server.)"""
+        base = self.indexer
+        return ItemIndexer(
+            base.embedder,
+            tenant_store(self.store, ctx.tenant),
+            namespace=namespace(ctx.tenant),
+            max_payload_bytes=base.max_payload_bytes,
+        )
 
     def _check_item(self, item: ItemInput, where: str) -> None:
         cfg = self.config
@@ -68,8 +82,12 @@ class WriteService:
     def delete(self, ctx: RequestContext, ids: Sequence[str]) -> int:
         resolved = self.ids.resolve(ctx, ids, field="ids")
         ctx.check()
-        self.store.delete(resolved)
+        tenant_store(self.store, ctx.tenant).delete(resolved)
         return len(resolved)
+
+    def mark_written(self) -> None:
+        """Points were written another way (WritePoints): build their index in the background."""
+        self._dirty.set()
 
     def optimize_if_dirty(self) -> bool:
         """Build pending indexes after writes; returns whether it ran."""

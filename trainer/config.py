@@ -16,17 +16,45 @@ class ConfigError(ValueError):
     """The training configuration is invalid; raised before any training starts."""
 
 
+PLACEMENTS = ("batch", "append")
+
+
 @dataclass(frozen=True)
 class MiningCfg:
-    """Negatives mined from an index built with the current model, refreshed every N steps."""
+    """Negatives mined against a bank of every item's vector, re-mined every N steps
+    (see trainer.mining for the placements and the schedule)."""
 
     enabled: bool = False
     k: int = 2  # mined negatives per anchor
-    refresh_every: int = 100  # steps
+    refresh_every: int = 100  # steps between re-minings
+    # "batch": mined negatives join the batch with their own pairs (no extra forward pass);
+    # "append": extra candidates for their anchor only (one forward pass each).
+    placement: str = "append"
+    start_after: float = 0.0  # share of the run (steps or time budget) trained on random batches first
+    initial_embed: bool = True  # embed every item when mining starts (else: only those trained on)
+    reembed_every: int = 0  # full re-embedding every N re-minings; 0: never again
     # False-negative filters: candidates in the anchor's group, near-duplicates of the anchor,
-    # or scoring above this fraction of the positive's score are not used as negatives.
-    max_fraction_of_positive: float = 0.95
+    # or scoring above this fraction of the positive's score (None: no such ceiling, for data
+    # whose groups are trusted labels) are not used as negatives.
+    max_fraction_of_positive: float | None = 0.95
     near_duplicate: float = 0.98
+
+    def validate(self) -> None:
+        if not self.enabled:
+            return
+        m = self.max_fraction_of_positive
+        if m is not None and not 0 < m <= 1:
+            raise ConfigError("mining.max_fraction_of_positive must be in (0, 1] or null")
+        if self.placement not in PLACEMENTS:
+            raise ConfigError(
+                f"mining.placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}"
+            )
+        if self.k < 1 or self.refresh_every < 1 or self.reembed_every < 0:
+            raise ConfigError(
+                "mining.k and mining.refresh_every must be at least 1, mining.reembed_every at least 0"
+            )
+        if not 0 <= self.start_after < 1:
+            raise ConfigError("mining.start_after must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -46,6 +74,9 @@ class TrainConfig:
     mining: MiningCfg = field(default_factory=MiningCfg)
     checkpoint_every: int = 200
     max_minutes: float | None = None  # stop (and save) when this much training time has passed
+    # How that time is counted: "wall" clock, or "cpu" seconds of the training process (what a
+    # run got of a shared machine; equal budgets then mean equal compute under contention).
+    budget_clock: str = "wall"
     log_every: int = 20
     device: str | None = None
     max_errors: int = 100  # bad manifest lines tolerated before the run stops
@@ -65,10 +96,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1")
         if self.batch_size < 2:
             raise ConfigError("batch_size must be at least 2: a contrastive batch needs negatives")
+        if self.budget_clock not in ("wall", "cpu"):
+            raise ConfigError(f"budget_clock must be 'wall' or 'cpu', got {self.budget_clock!r}")
         if not self.lr > 0:
             raise ConfigError("lr must be positive")
-        if self.mining.enabled and not 0 < self.mining.max_fraction_of_positive <= 1:
-            raise ConfigError("mining.max_fraction_of_positive must be in (0, 1]")
+        self.mining.validate()
         return self
 
     def to_json(self) -> dict[str, Any]:

@@ -7,11 +7,12 @@ class-level: a target is relevant to a query when both carry the same `group`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from encoders.calibration import Calibration, fit_platt
+from encoders.calibration import Calibration, fit_relevant_quantiles
 from encoders.embed import Embedder, Failure
 from encoders.modality import Modality
 from trainer.data import embed_input
@@ -72,9 +73,40 @@ def retrieval_metrics(queries: EvalItems, targets: EvalItems) -> dict[str, float
     return {k: round(v, 4) for k, v in out.items()}
 
 
+def subset(items: EvalItems, groups: Sequence[str]) -> EvalItems:
+    """The items whose group is one of `groups`."""
+    keep = np.isin(items.groups, list(groups))
+    return EvalItems(
+        items.modality,
+        [k for k, m in zip(items.keys, keep, strict=True) if m],
+        items.groups[keep],
+        items.vectors[keep],
+    )
+
+
+def confusable_recall(
+    queries: EvalItems, targets: EvalItems, sets: Iterable[tuple[str, Sequence[str]]]
+) -> dict[str, float]:
+    """Recall@1 where queries and candidates are restricted to one confusable set of groups at a
+    time (groups that differ in one attribute): {set kind: R@1 over that kind's sets, weighted
+    by their queries, ..., "all": over every set}. Sets with no query or no target are skipped."""
+    hits: dict[str, list[float]] = {}
+    for kind, groups in sets:
+        q, t = subset(queries, groups), subset(targets, groups)
+        if len(q.keys) and len(t.keys):
+            n = len(q.keys)
+            r1 = retrieval_metrics(q, t)["R@1"]
+            for name in (kind, "all"):
+                hit = hits.setdefault(name, [0.0, 0.0])
+                hit[0] += r1 * n
+                hit[1] += n
+    return {name: round(h / n, 4) for name, (h, n) in hits.items()}
+
+
 def evaluate(embedder: Embedder, manifest: Manifest) -> tuple[dict[str, dict[str, float]], Calibration]:
     """Metrics {"text->image": {"R@1": .., "R@5": .., "R@10": .., "mAP": ..}, ...} for every pair
-    of different modalities in the manifest, and a score calibration fitted on the same pairs."""
+    of different modalities in the manifest, and a score calibration fitted on the same pairs
+    (the calibrated score estimates the share of the pair's relevant results that score lower)."""
     items = embed_items(embedder, manifest)
     pairs: dict[str, dict[str, float]] = {}
     calibration = Calibration()
@@ -85,7 +117,8 @@ def evaluate(embedder: Embedder, manifest: Manifest) -> tuple[dict[str, dict[str
                 pairs[name] = retrieval_metrics(items[q], items[t])
                 scores = items[q].vectors @ items[t].vectors.T
                 relevant = items[q].groups[:, None] == items[t].groups[None, :]
-                calibration.maps[name] = fit_platt(scores.ravel(), relevant.ravel())
+                if relevant.sum() >= 2:
+                    calibration.maps[name] = fit_relevant_quantiles(scores.ravel(), relevant.ravel())
     return pairs, calibration
 
 

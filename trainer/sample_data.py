@@ -74,6 +74,7 @@ class SampleSummary:
     test_pairs: int
     train_manifest: Path
     test_manifest: Path
+    long_videos: int = 0  # minute-long videos with one queried segment (hard world)
 
 
 def digit_word(d: int) -> str:
@@ -83,20 +84,20 @@ def digit_word(d: int) -> str:
     return _WORDS[d]
 
 
-def _rng(seed: int, *tags: int) -> np.random.Generator:
+def seeded_rng(seed: int, *tags: int) -> np.random.Generator:
     return np.random.default_rng([seed, *tags])
 
 
 # --- images ---------------------------------------------------------------------------------------
 
 
-def _glyph(pixels: np.ndarray, size: int) -> np.ndarray:
+def glyph_coverage(pixels: np.ndarray, size: int) -> np.ndarray:
     """An 8x8 digit (values 0..16) scaled smoothly to size x size, as coverage in 0..1."""
     small = Image.fromarray((pixels * (255 / 16)).round().astype(np.uint8), mode="L")
     return np.asarray(small.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255
 
 
-def _compose(glyph: np.ndarray, x: int, y: int, background: np.ndarray, ink: np.ndarray) -> Image.Image:
+def compose(glyph: np.ndarray, x: int, y: int, background: np.ndarray, ink: np.ndarray) -> Image.Image:
     """Light ink on a dark 64x64 background, with the glyph's top-left corner at (x, y)."""
     alpha = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.float32)
     h, w = glyph.shape
@@ -114,13 +115,13 @@ def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 def render_digit(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """One 8x8 digit as a 64x64 RGB image: about 48 px tall, at a small random offset."""
     size = int(rng.integers(44, 53))
-    glyph = _glyph(pixels, size)
+    glyph = glyph_coverage(pixels, size)
     x, y = (int(v) for v in rng.integers(0, IMAGE_SIZE - size + 1, size=2))
-    return _compose(glyph, x, y, *_colours(rng))
+    return compose(glyph, x, y, *_colours(rng))
 
 
-def _split_indices(n: int, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
-    order = _rng(seed, _SPLIT_SEED).permutation(n)
+def split_indices(n: int, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    order = seeded_rng(seed, _SPLIT_SEED).permutation(n)
     n_test = round(n * test_fraction)
     return {"train": np.sort(order[n_test:]), "test": np.sort(order[:n_test])}
 
@@ -137,7 +138,7 @@ def _write_images(
         for i in indices.tolist():
             digit = int(targets[i])
             # Level 1: same size as the default on 64x64 images, in half the time.
-            image = render_digit(images[i], _rng(seed, _IMAGE_SEED, i))
+            image = render_digit(images[i], seeded_rng(seed, _IMAGE_SEED, i))
             image.save(folder / f"{digit}_{i:04d}.png", compress_level=1)
             by_digit[name][digit].append(i)
     return by_digit
@@ -180,7 +181,7 @@ def digit_sound(digit: int, n_samples: int, rng: np.random.Generator) -> np.ndar
     return np.clip(signal, -1, 1).astype(np.float32)
 
 
-def _write_wav(path: Path, signal: np.ndarray) -> None:
+def write_wav(path: Path, signal: np.ndarray) -> None:
     pcm = (signal * 32767).round().astype("<i2")
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
@@ -197,10 +198,10 @@ def _write_audio(root: Path, counts: tuple[int, int], seed: int) -> dict[str, li
         written[name] = []
         for digit in range(10):
             for k in range(count):
-                rng = _rng(seed, _AUDIO_SEED, s, digit, k)
+                rng = seeded_rng(seed, _AUDIO_SEED, s, digit, k)
                 seconds = rng.uniform(1.0, 3.0)
                 rel = f"audio/{name}/{digit}_{k:03d}.wav"
-                _write_wav(root / rel, digit_sound(digit, round(seconds * SAMPLE_RATE), rng))
+                write_wav(root / rel, digit_sound(digit, round(seconds * SAMPLE_RATE), rng))
                 written[name].append((digit, rel))
     return written
 
@@ -211,14 +212,14 @@ def _write_audio(root: Path, counts: tuple[int, int], seed: int) -> dict[str, li
 def _video_frames(pixels: np.ndarray, n_frames: int, rng: np.random.Generator) -> list[Image.Image]:
     """A smaller copy of the digit drifting a few pixels a frame, bouncing off the edges."""
     size = int(rng.integers(30, 41))
-    glyph = _glyph(pixels, size)
+    glyph = glyph_coverage(pixels, size)
     background, ink = _colours(rng)
     room = IMAGE_SIZE - size
     pos = rng.integers(0, room + 1, size=2)
     vel = rng.integers(2, 6, size=2) * rng.choice([-1, 1], size=2)
     frames = []
     for _ in range(n_frames):
-        frames.append(_compose(glyph, int(pos[0]), int(pos[1]), background, ink))
+        frames.append(compose(glyph, int(pos[0]), int(pos[1]), background, ink))
         pos = pos + vel
         for axis in range(2):
             if not 0 <= pos[axis] <= room:
@@ -227,18 +228,24 @@ def _video_frames(pixels: np.ndarray, n_frames: int, rng: np.random.Generator) -
     return frames
 
 
-def _write_mp4(path: Path, frames: Sequence[Image.Image], sound: np.ndarray) -> None:
+def write_mp4(
+    path: Path, frames: Sequence[Image.Image], sound: np.ndarray | None, fps: int = VIDEO_FPS
+) -> None:
+    """H.264 frames at `fps` and, when `sound` is given, that 16 kHz mono track as AAC."""
     import av  # imported here: only videos need it
 
     with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=VIDEO_FPS)
+        video = container.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = IMAGE_SIZE, IMAGE_SIZE, "yuv420p"
-        audio = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
+        # Every stream is added before the first packet is muxed (the header is written then).
+        audio = None if sound is None else container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
         for n, img in enumerate(frames):
             frame = av.VideoFrame.from_image(img)
             frame.pts = n
             container.mux(video.encode(frame))
         container.mux(video.encode(None))
+        if audio is None or sound is None:
+            return
         # The AAC encoder re-chunks the one long frame into its own frame size.
         chunk = av.AudioFrame.from_ndarray(sound[None, :], format="flt", layout="mono")
         chunk.sample_rate, chunk.pts = SAMPLE_RATE, 0
@@ -260,13 +267,13 @@ def _write_videos(
         written[name] = []
         for digit in range(10):
             for k in range(count):
-                rng = _rng(seed, _VIDEO_SEED, s, digit, k)
+                rng = seeded_rng(seed, _VIDEO_SEED, s, digit, k)
                 source = int(rng.choice(_need(by_digit, name, digit)))
                 n_frames = int(rng.integers(2 * VIDEO_FPS, 4 * VIDEO_FPS + 1))
                 frames = _video_frames(images[source], n_frames, rng)
                 sound = digit_sound(digit, n_frames * SAMPLE_RATE // VIDEO_FPS, rng)
                 rel = f"videos/{name}/{digit}_{k:03d}.mp4"
-                _write_mp4(root / rel, frames, sound)
+                write_mp4(root / rel, frames, sound)
                 written[name].append((digit, rel, source))
     return written
 
@@ -323,7 +330,7 @@ def _pairs(
     return [lines[j] for j in rng.permutation(len(lines))]
 
 
-def _write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
+def write_jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
 
 
@@ -340,7 +347,7 @@ def _check_args(
         raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
 
 
-def _existing(root: Path, params: dict[str, Any]) -> SampleSummary | None:
+def existing_library(root: Path, params: dict[str, Any]) -> SampleSummary | None:
     """The summary of a complete library already in `root` built with `params`, else None."""
     try:
         marker = json.loads((root / MARKER).read_text(encoding="utf-8"))
@@ -351,25 +358,26 @@ def _existing(root: Path, params: dict[str, Any]) -> SampleSummary | None:
     if not all((root / f"{name}.jsonl").is_file() for name in SPLITS):
         return None
     try:
-        return _summary(root, marker["counts"])
+        return library_summary(root, marker["counts"])
     except (KeyError, TypeError):
         return None
 
 
-def _summary(root: Path, counts: dict[str, int]) -> SampleSummary:
+def library_summary(root: Path, counts: dict[str, int]) -> SampleSummary:
     return SampleSummary(
         **{key: int(counts[key]) for key in ("images", "audio", "videos", "train_pairs", "test_pairs")},
         train_manifest=root / "train.jsonl",
         test_manifest=root / "test.jsonl",
+        long_videos=int(counts.get("long_videos", 0)),
     )
 
 
-def _clear(root: Path) -> None:
+def clear_library(root: Path, folders: Sequence[str] = ("images", "audio", "videos")) -> None:
     """Removes what a previous run wrote (the marker first, so a half-cleared library is never 'complete')."""
     (root / MARKER).unlink(missing_ok=True)
     for name in SPLITS:
         (root / f"{name}.jsonl").unlink(missing_ok=True)
-    for folder in ("images", "audio", "videos"):
+    for folder in folders:
         shutil.rmtree(root / folder, ignore_errors=True)
 
 
@@ -397,24 +405,24 @@ def generate_sample_library(
         "videos_per_digit": list(videos_per_digit),
         "test_fraction": test_fraction,
     }
-    if not force and (found := _existing(root, params)) is not None:
+    if not force and (found := existing_library(root, params)) is not None:
         return found
     root.mkdir(parents=True, exist_ok=True)
-    _clear(root)
+    clear_library(root)
 
     from sklearn.datasets import load_digits  # imported here: slow to import, and only needed to build
 
     digits = load_digits()
     images, targets = digits.images, digits.target
-    split = _split_indices(len(targets), test_fraction, seed)
+    split = split_indices(len(targets), test_fraction, seed)
     by_digit = _write_images(root, images, targets, split, seed)
     audio = _write_audio(root, audio_per_digit, seed)
     videos = _write_videos(root, videos_per_digit, images, by_digit, seed)
 
     n_pairs = {}
     for s, name in enumerate(SPLITS):
-        lines = _pairs(name, by_digit, audio[name], videos[name], _rng(seed, _PAIR_SEED, s))
-        _write_jsonl(root / f"{name}.jsonl", lines)
+        lines = _pairs(name, by_digit, audio[name], videos[name], seeded_rng(seed, _PAIR_SEED, s))
+        write_jsonl(root / f"{name}.jsonl", lines)
         n_pairs[name] = len(lines)
     counts = {
         "images": len(targets),
@@ -426,7 +434,7 @@ def generate_sample_library(
     (root / MARKER).write_text(
         json.dumps({"params": params, "counts": counts}, indent=2) + "\n", encoding="utf-8"
     )
-    return _summary(root, counts)
+    return library_summary(root, counts)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

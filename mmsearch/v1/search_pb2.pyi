@@ -380,3 +380,251 @@ class StatsResponse(_message.Message):
     max_top_k: int
     audio: bool
     def __init__(self, points: _Optional[int] = ..., bundle_id: _Optional[str] = ..., bundle_name: _Optional[str] = ..., dim: _Optional[int] = ..., by_modality: _Optional[_Mapping[str, int]] = ..., store: _Optional[str] = ..., max_top_k: _Optional[int] = ..., audio: _Optional[bool] = ...) -> None: ...
+
+class IngestRequest(_message.Message):
+    __slots__ = ("start", "files", "chunk", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: IngestStart
+    files: IngestFiles
+    chunk: FileChunk
+    end: IngestEnd
+    def __init__(self, start: _Optional[_Union[IngestStart, _Mapping]] = ..., files: _Optional[_Union[IngestFiles, _Mapping]] = ..., chunk: _Optional[_Union[FileChunk, _Mapping]] = ..., end: _Optional[_Union[IngestEnd, _Mapping]] = ...) -> None: ...
+
+class IngestStart(_message.Message):
+    __slots__ = ("sync", "sync_prefix", "index_fields")
+    SYNC_FIELD_NUMBER: _ClassVar[int]
+    SYNC_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    sync: bool
+    sync_prefix: str
+    index_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sync: _Optional[bool] = ..., sync_prefix: _Optional[str] = ..., index_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class IngestFiles(_message.Message):
+    __slots__ = ("files",)
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[FileHeader]
+    def __init__(self, files: _Optional[_Iterable[_Union[FileHeader, _Mapping]]] = ...) -> None: ...
+
+class FileHeader(_message.Message):
+    __slots__ = ("file_id", "source", "modality", "size", "mtime", "metadata_json", "text", "id", "origin")
+    FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MTIME_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    file_id: int
+    source: str
+    modality: Modality
+    size: int
+    mtime: float
+    metadata_json: str
+    text: str
+    id: str
+    origin: str
+    def __init__(self, file_id: _Optional[int] = ..., source: _Optional[str] = ..., modality: _Optional[_Union[Modality, str]] = ..., size: _Optional[int] = ..., mtime: _Optional[float] = ..., metadata_json: _Optional[str] = ..., text: _Optional[str] = ..., id: _Optional[str] = ..., origin: _Optional[str] = ...) -> None: ...
+
+class FileChunk(_message.Message):
+    __slots__ = ("file_id", "data", "last", "error")
+    FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    file_id: int
+    data: bytes
+    last: bool
+    error: str
+    def __init__(self, file_id: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class IngestEnd(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class IngestResponse(_message.Message):
+    __slots__ = ("wanted", "outcome", "summary")
+    WANTED_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    wanted: FilesWanted
+    outcome: FileOutcome
+    summary: IngestSummary
+    def __init__(self, wanted: _Optional[_Union[FilesWanted, _Mapping]] = ..., outcome: _Optional[_Union[FileOutcome, _Mapping]] = ..., summary: _Optional[_Union[IngestSummary, _Mapping]] = ...) -> None: ...
+
+class FilesWanted(_message.Message):
+    __slots__ = ("file_ids", "unchanged")
+    FILE_IDS_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    file_ids: _containers.RepeatedScalarFieldContainer[int]
+    unchanged: int
+    def __init__(self, file_ids: _Optional[_Iterable[int]] = ..., unchanged: _Optional[int] = ...) -> None: ...
+
+class FileOutcome(_message.Message):
+    __slots__ = ("file_id", "status", "ids", "media_id", "reason", "stage", "points")
+    FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    file_id: int
+    status: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    media_id: str
+    reason: str
+    stage: str
+    points: int
+    def __init__(self, file_id: _Optional[int] = ..., status: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., media_id: _Optional[str] = ..., reason: _Optional[str] = ..., stage: _Optional[str] = ..., points: _Optional[int] = ...) -> None: ...
+
+class IngestSummary(_message.Message):
+    __slots__ = ("indexed", "unchanged", "quarantined", "failed", "removed", "points", "seconds", "items_per_s")
+    INDEXED_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    indexed: int
+    unchanged: int
+    quarantined: int
+    failed: int
+    removed: int
+    points: int
+    seconds: float
+    items_per_s: float
+    def __init__(self, indexed: _Optional[int] = ..., unchanged: _Optional[int] = ..., quarantined: _Optional[int] = ..., failed: _Optional[int] = ..., removed: _Optional[int] = ..., points: _Optional[int] = ..., seconds: _Optional[float] = ..., items_per_s: _Optional[float] = ...) -> None: ...
+
+class PointData(_message.Message):
+    __slots__ = ("id", "vector", "frames", "payload_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    frames: _containers.RepeatedScalarFieldContainer[float]
+    payload_json: str
+    def __init__(self, id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., frames: _Optional[_Iterable[float]] = ..., payload_json: _Optional[str] = ...) -> None: ...
+
+class WritePointsRequest(_message.Message):
+    __slots__ = ("bundle_id", "points")
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    bundle_id: str
+    points: _containers.RepeatedCompositeFieldContainer[PointData]
+    def __init__(self, bundle_id: _Optional[str] = ..., points: _Optional[_Iterable[_Union[PointData, _Mapping]]] = ...) -> None: ...
+
+class WritePointsResponse(_message.Message):
+    __slots__ = ("written", "removed", "namespace", "dim")
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    written: int
+    removed: int
+    namespace: str
+    dim: int
+    def __init__(self, written: _Optional[int] = ..., removed: _Optional[int] = ..., namespace: _Optional[str] = ..., dim: _Optional[int] = ...) -> None: ...
+
+class ReindexRequest(_message.Message):
+    __slots__ = ("bundle", "allow_missing", "drop_old")
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_MISSING_FIELD_NUMBER: _ClassVar[int]
+    DROP_OLD_FIELD_NUMBER: _ClassVar[int]
+    bundle: str
+    allow_missing: bool
+    drop_old: bool
+    def __init__(self, bundle: _Optional[str] = ..., allow_missing: _Optional[bool] = ..., drop_old: _Optional[bool] = ...) -> None: ...
+
+class ReindexResponse(_message.Message):
+    __slots__ = ("progress", "report")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    progress: ReindexProgress
+    report: ReindexReport
+    def __init__(self, progress: _Optional[_Union[ReindexProgress, _Mapping]] = ..., report: _Optional[_Union[ReindexReport, _Mapping]] = ...) -> None: ...
+
+class ReindexProgress(_message.Message):
+    __slots__ = ("phase", "items", "done", "indexed", "unchanged", "missing", "changed", "removed", "points", "elapsed")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    INDEXED_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    items: int
+    done: int
+    indexed: int
+    unchanged: int
+    missing: int
+    changed: int
+    removed: int
+    points: int
+    elapsed: float
+    def __init__(self, phase: _Optional[str] = ..., items: _Optional[int] = ..., done: _Optional[int] = ..., indexed: _Optional[int] = ..., unchanged: _Optional[int] = ..., missing: _Optional[int] = ..., changed: _Optional[int] = ..., removed: _Optional[int] = ..., points: _Optional[int] = ..., elapsed: _Optional[float] = ...) -> None: ...
+
+class MissingItem(_message.Message):
+    __slots__ = ("source", "media_id", "modality", "tenant", "reason", "stage")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_ID_FIELD_NUMBER: _ClassVar[int]
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    media_id: str
+    modality: str
+    tenant: str
+    reason: str
+    stage: str
+    def __init__(self, source: _Optional[str] = ..., media_id: _Optional[str] = ..., modality: _Optional[str] = ..., tenant: _Optional[str] = ..., reason: _Optional[str] = ..., stage: _Optional[str] = ...) -> None: ...
+
+class ReindexReport(_message.Message):
+    __slots__ = ("old_collection", "new_collection", "old_bundle_id", "new_bundle_id", "items", "indexed", "unchanged", "points", "removed", "missing_count", "missing", "changed", "switched", "refused", "dropped", "seconds")
+    OLD_COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    NEW_COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    OLD_BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    NEW_BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    INDEXED_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    MISSING_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    SWITCHED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    old_collection: str
+    new_collection: str
+    old_bundle_id: str
+    new_bundle_id: str
+    items: int
+    indexed: int
+    unchanged: int
+    points: int
+    removed: int
+    missing_count: int
+    missing: _containers.RepeatedCompositeFieldContainer[MissingItem]
+    changed: _containers.RepeatedScalarFieldContainer[str]
+    switched: bool
+    refused: str
+    dropped: _containers.RepeatedScalarFieldContainer[str]
+    seconds: float
+    def __init__(self, old_collection: _Optional[str] = ..., new_collection: _Optional[str] = ..., old_bundle_id: _Optional[str] = ..., new_bundle_id: _Optional[str] = ..., items: _Optional[int] = ..., indexed: _Optional[int] = ..., unchanged: _Optional[int] = ..., points: _Optional[int] = ..., removed: _Optional[int] = ..., missing_count: _Optional[int] = ..., missing: _Optional[_Iterable[_Union[MissingItem, _Mapping]]] = ..., changed: _Optional[_Iterable[str]] = ..., switched: _Optional[bool] = ..., refused: _Optional[str] = ..., dropped: _Optional[_Iterable[str]] = ..., seconds: _Optional[float] = ...) -> None: ...

@@ -75,6 +75,21 @@ class SearchServiceStub:
                 request_serializer=mmsearch_dot_v1_dot_search__pb2.MineRequest.SerializeToString,
                 response_deserializer=mmsearch_dot_v1_dot_search__pb2.MineResponse.FromString,
                 _registered_method=True)
+        self.Ingest = channel.stream_stream(
+                '/mmsearch.v1.SearchService/Ingest',
+                request_serializer=mmsearch_dot_v1_dot_search__pb2.IngestRequest.SerializeToString,
+                response_deserializer=mmsearch_dot_v1_dot_search__pb2.IngestResponse.FromString,
+                _registered_method=True)
+        self.WritePoints = channel.unary_unary(
+                '/mmsearch.v1.SearchService/WritePoints',
+                request_serializer=mmsearch_dot_v1_dot_search__pb2.WritePointsRequest.SerializeToString,
+                response_deserializer=mmsearch_dot_v1_dot_search__pb2.WritePointsResponse.FromString,
+                _registered_method=True)
+        self.Reindex = channel.unary_stream(
+                '/mmsearch.v1.SearchService/Reindex',
+                request_serializer=mmsearch_dot_v1_dot_search__pb2.ReindexRequest.SerializeToString,
+                response_deserializer=mmsearch_dot_v1_dot_search__pb2.ReindexResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -139,6 +154,41 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Ingest(self, request_iterator, context):
+        """Bulk ingest of a file library over one stream (`mmsearch ingest PATH --server`). The client
+        sends IngestStart, then file headers; the server answers which files it needs (a file whose
+        source, size and mtime match its journal is never sent), the client sends those files in
+        chunks (a file of any size), then IngestEnd. The server runs the same pipeline as a local
+        ingest, answers each file's outcome as it is written, and closes with a summary. It reads the
+        stream only as fast as its pipeline consumes it, so a fast client is slowed, never buffered
+        without bound. Files acknowledged before a disconnect stay written.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WritePoints(self, request, context):
+        """Write points whose vectors were computed elsewhere (a Ray ingest's encoder actors) into the
+        index this server owns, exactly as its own ingest writes them. `bundle_id` must be the served
+        bundle's (FAILED_PRECONDITION otherwise). Every point is checked (dimension, finite values,
+        payload keys and types, ids and media id derived from the payload in the caller's
+        namespace), and a request is written whole or refused whole (INVALID_ARGUMENT naming the
+        first bad point). A request without points only checks the bundle and answers the namespace.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reindex(self, request, context):
+        """Rebuild the index under another bundle from the stored sources, then switch to it (admin).
+        Searches keep answering from the old index until the switch; calls from then on are served
+        by the new bundle. Streams progress, then a report listing the items that could not be
+        rebuilt (while there are any, the switch is refused unless `allow_missing`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +231,21 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.MineHardNegatives,
                     request_deserializer=mmsearch_dot_v1_dot_search__pb2.MineRequest.FromString,
                     response_serializer=mmsearch_dot_v1_dot_search__pb2.MineResponse.SerializeToString,
+            ),
+            'Ingest': grpc.stream_stream_rpc_method_handler(
+                    servicer.Ingest,
+                    request_deserializer=mmsearch_dot_v1_dot_search__pb2.IngestRequest.FromString,
+                    response_serializer=mmsearch_dot_v1_dot_search__pb2.IngestResponse.SerializeToString,
+            ),
+            'WritePoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.WritePoints,
+                    request_deserializer=mmsearch_dot_v1_dot_search__pb2.WritePointsRequest.FromString,
+                    response_serializer=mmsearch_dot_v1_dot_search__pb2.WritePointsResponse.SerializeToString,
+            ),
+            'Reindex': grpc.unary_stream_rpc_method_handler(
+                    servicer.Reindex,
+                    request_deserializer=mmsearch_dot_v1_dot_search__pb2.ReindexRequest.FromString,
+                    response_serializer=mmsearch_dot_v1_dot_search__pb2.ReindexResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,6 +465,87 @@ class SearchService:
             '/mmsearch.v1.SearchService/MineHardNegatives',
             mmsearch_dot_v1_dot_search__pb2.MineRequest.SerializeToString,
             mmsearch_dot_v1_dot_search__pb2.MineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ingest(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mmsearch.v1.SearchService/Ingest',
+            mmsearch_dot_v1_dot_search__pb2.IngestRequest.SerializeToString,
+            mmsearch_dot_v1_dot_search__pb2.IngestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WritePoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmsearch.v1.SearchService/WritePoints',
+            mmsearch_dot_v1_dot_search__pb2.WritePointsRequest.SerializeToString,
+            mmsearch_dot_v1_dot_search__pb2.WritePointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reindex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mmsearch.v1.SearchService/Reindex',
+            mmsearch_dot_v1_dot_search__pb2.ReindexRequest.SerializeToString,
+            mmsearch_dot_v1_dot_search__pb2.ReindexResponse.FromString,
             options,
             channel_credentials,
             insecure,

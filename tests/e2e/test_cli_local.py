@@ -15,7 +15,8 @@ def test_local_ingest_search_stats(tmp_path: Path) -> None:
     proc = run_cli("ingest", str(tmp_path / "lib"), "--data", data, "--json", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert (summary["indexed"], summary["failed"], summary["skipped"]) == (3 + len(TEXTS) + 1, 2, 1)
+    counts = (summary["indexed"], summary["quarantined"], summary["failed"], summary["skipped"])
+    assert counts == (3 + len(TEXTS) + 1, 2, 0, 1)
 
     proc = run_cli("search", "--data", data, "--image", str(paths["img2"]), "--top-k", "2", "--json")
     assert proc.returncode == 0, proc.stderr

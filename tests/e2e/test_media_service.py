@@ -36,9 +36,10 @@ def media_library(server: ServerProcess, tmp_path_factory: pytest.TempPathFactor
     proc = run_cli("ingest", str(root), "--server", server.target, "--json", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert summary["indexed"] == 12 and summary["failed"] == 2, summary
-    reasons = {Path(e["path"]).name: e["reason"] for e in summary["errors"]}
-    assert "broken.mkv" in reasons["broken.mkv"] and "empty" in reasons["empty.flac"]
+    assert summary["indexed"] == 12 and summary["quarantined"] == 2 and summary["failed"] == 0, summary
+    errors = {Path(e["path"]).name: e for e in summary["errors"]}
+    assert errors["broken.mkv"]["stage"] == "decode" and errors["broken.mkv"]["reason"]
+    assert errors["empty.flac"]["stage"] == "read" and "empty" in errors["empty.flac"]["reason"]
     return paths
 
 

@@ -24,7 +24,7 @@ def library(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> 
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["indexed"] == 6 + len(TEXTS) + 1
-    assert summary["skipped"] == 1 and summary["failed"] == 2
+    assert summary["skipped"] == 1 and summary["quarantined"] == 2 and summary["failed"] == 0
     assert {Path(e["path"]).name for e in summary["errors"]} == {"corrupt.jpg", "truncated.png"}
     paths["root"] = root
     return paths

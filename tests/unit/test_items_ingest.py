@@ -9,7 +9,7 @@ from encoders.embed import Embedder
 from encoders.encoder import Encoder
 from encoders.modality import Modality
 from indexer.filters import FilterSpec, Match
-from indexer.ingest import ingest_path
+from indexer.ingest_local import IngestRequest, ingest_library
 from indexer.inputs import ItemInput
 from indexer.items import ItemIndexer
 from indexer.schema import CollectionSchema
@@ -97,17 +97,19 @@ def test_metadata_is_stored_and_filterable(encoder: Encoder, store_factory: Make
 def test_ingest_folder_summary_and_rerun(encoder: Encoder, store_factory: MakeStore, tmp_path: Path) -> None:
     ix = _indexer(encoder, store_factory)
     paths = write_library(tmp_path / "lib")
-    summary = ingest_path(tmp_path / "lib", ix.index, batch_items=4, progress=False)
+    request = IngestRequest(path=tmp_path / "lib", journal=tmp_path / "journal.sqlite", progress=False)
+    summary = ingest_library(ix.embedder, ix.store, request)
     assert summary.indexed == 6 + len(TEXTS) + 1  # images, texts, the long text
-    assert summary.failed == 2 and summary.skipped == 1
+    assert summary.quarantined == 2 and summary.skipped == 1
     failed = {e.path: e.reason for e in summary.errors}
     assert set(failed) == {str(paths["corrupt"]), str(paths["truncated"])}
     assert "truncated" in failed[str(paths["truncated"])] or "corrupt" in failed[str(paths["truncated"])]
     points = ix.store.count()
     assert summary.points == points > summary.indexed  # the long text has several chunks
 
-    rerun = ingest_path(tmp_path / "lib", ix.index, progress=False)
-    assert rerun.indexed == 0 and rerun.unchanged == summary.indexed and rerun.failed == 2
+    rerun = ingest_library(ix.embedder, ix.store, request)
+    # Quarantined files are remembered in the journal until they change: reported, not retried.
+    assert rerun.indexed == 0 and rerun.unchanged == summary.indexed and rerun.quarantined == 2
     assert ix.store.count() == points
 
     # The payload records file attributes.
@@ -125,8 +127,8 @@ def test_unreadable_file_is_listed_and_skipped(
     (lib / "ok.txt").write_text("fine")
     (lib / "bad.txt").write_bytes(b"\xff\xfe\xfd not utf8")
     (lib / "dangling.png").symlink_to(lib / "missing.png")
-    summary = ingest_path(lib, ix.index, progress=False)
-    assert summary.indexed == 1 and summary.failed == 2
+    summary = ingest_library(ix.embedder, ix.store, IngestRequest(path=lib, progress=False))
+    assert summary.indexed == 1 and summary.quarantined == 2
     reasons = " ".join(e.reason for e in summary.errors)
     assert "not valid UTF-8" in reasons and "cannot read file" in reasons
 

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from open_clip.loss import ClipLoss
 
 from encoders.bundle import load_bundle
 from encoders.encoder import Encoder
 from trainer.config import ConfigError, MiningCfg, TrainConfig, load_config
 from trainer.evaluate import EvalItems, retrieval_metrics
-from trainer.loss import contrastive_loss
+from trainer.loss import GroupClipLoss, group_ids
 from trainer.manifest import ManifestError, load_manifest
 from trainer.sample_data import generate_sample_library
 from trainer.train import train
@@ -94,22 +95,23 @@ def test_bad_manifest_lines_are_reported_and_skipped(library: Path, tmp_path: Pa
 # -- loss and metrics --------------------------------------------------------------------------
 
 
-def test_loss_masks_same_group_and_counts_mined_negatives() -> None:
+def test_loss_is_open_clips_with_masking_hardness_and_mined_negatives() -> None:
     torch.manual_seed(0)
     a = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
-    b = a.clone()
-    b[1] = a[0]  # rows 0 and 1 share group "x" and look alike: not a negative for each other
+    b = torch.nn.functional.normalize(a + 0.3 * torch.randn(4, 8), dim=-1)
     scale = torch.tensor(10.0)
-    masked = contrastive_loss(a, b, scale, ["x", "x", "y", "z"])
-    unmasked = contrastive_loss(a, b, scale, ["x", "w", "y", "z"])
-    assert masked < unmasked
+    loss = GroupClipLoss()
+    distinct = group_ids(["x", "w", "y", "z"])
+    # Four groups, nothing mined: exactly open_clip's ClipLoss.
+    assert torch.allclose(loss(a, b, scale, distinct), ClipLoss()(a, b, scale))
+    b2 = b.clone()
+    b2[1] = a[0]  # rows 0 and 1 share group "x" and look alike: not a negative for each other
+    masked = loss(a, b2, scale, group_ids(["x", "x", "y", "z"]))
+    assert masked < loss(a, b2, scale, distinct)
     hard = a[:1].clone()  # a mined negative identical to anchor 0's positive direction
-    with_mined = contrastive_loss(
-        a, b, scale, ["x", "w", "y", "z"], mined_b=hard, mined_owner=torch.tensor([0])
-    )
-    assert with_mined > unmasked
-    weighted = contrastive_loss(a, b, scale, ["x", "w", "y", "z"], hardness_beta=5.0)
-    assert weighted != unmasked
+    with_mined = loss(a, b, scale, distinct, hard, torch.tensor([0]))
+    assert with_mined > loss(a, b, scale, distinct)
+    assert GroupClipLoss(hardness_beta=5.0)(a, b, scale, distinct) != loss(a, b, scale, distinct)
 
 
 def test_retrieval_metrics_on_a_known_ranking() -> None:
