@@ -20,13 +20,17 @@ from indexer.store import VectorStore
 from server.query_types import QueryInput
 from trainer.evaluate import EvalItems, embed_items
 from trainer.hard_library import LongVideo, load_long_videos
-from trainer.hard_world import confusable_sets
+from trainer.hard_world import confusable_sets, neighbours
 from trainer.manifest import Manifest, load_manifest
 from trainer.worlds import generate_world, group_of
 
 DIGIT_SETS = {"3/5/8": ("3", "5", "8"), "1/7": ("1", "7"), "4/9": ("4", "9")}
 # Long videos are the only media of the hard world that last more than a few seconds.
 LONG_ONLY = FilterSpec(must=(Range(Key.DURATION, gte=30.0),))
+
+
+def _groups(queries: EvalItems, targets: EvalItems) -> list[str]:
+    return sorted(set(queries.groups.tolist()) | set(targets.groups.tolist()))
 
 
 def _order(key: str) -> str:
@@ -82,10 +86,18 @@ class World:
         ]
 
     def confusable_sets(self, queries: EvalItems, targets: EvalItems) -> list[tuple[str, tuple[str, ...]]]:
+        """Sets of mutually confusable groups, named by what they differ in."""
         if self.name == "digits":
             return list(DIGIT_SETS.items())
-        groups = sorted(set(queries.groups.tolist()) | set(targets.groups.tolist()))
-        return list(confusable_sets(groups))
+        return list(confusable_sets(_groups(queries, targets)))
+
+    def confusers(self, queries: EvalItems, targets: EvalItems) -> dict[str, list[str]]:
+        """Each group's look-alikes: hard world, the groups one attribute away; digits, the other
+        digits of its confusable set (3/5/8, 1/7, 4/9)."""
+        groups = _groups(queries, targets)
+        if self.name == "digits":
+            return {g: [x for x in members if x != g] for members in DIGIT_SETS.values() for g in members}
+        return {g: neighbours(g, groups) for g in groups}
 
     # -- relevance of stored hits ------------------------------------------------------------
 

@@ -6,7 +6,8 @@ directory under bench/out/):
 1. an embedded index of `--points` clustered unit vectors in the model's space (text points, as
    real embeddings cluster), written straight to the store and indexed (HNSW);
 2. the in-process ceiling: the query service itself (encode + store query + grouping, no gRPC),
-   one query at a time: `inproc_p50_ms`, `inproc_qps`;
+   one query at a time, with the server's engine settings (its torch threads: `torch_threads`):
+   `inproc_p50_ms`, `inproc_qps`;
 3. `mmsearch serve` on that index (default settings, Prometheus metrics on a free port), and a
    grpc.aio load generator on loopback at each `--concurrency` (closed loop: each worker sends
    its next query when the last one answers): `qps_cN`, `p50_ms_cN`, `p99_ms_cN`, and the
@@ -134,10 +135,13 @@ class InProcess:
         from encoders.encoder import Encoder
         from indexer.edge_store import EdgeStore
         from indexer.schema import CollectionSchema
+        from server.app import use_torch_threads
         from server.config import ServerConfig
         from server.context import background
         from server.services import make_services
 
+        # The engine as the server runs it: the same torch threads (server.app), the same services.
+        self.torch_threads = use_torch_threads(ServerConfig().torch_threads)
         b = load_bundle(bundle, "cpu")
         store = EdgeStore(data_dir, CollectionSchema(bundle_id=b.bundle_id, dim=b.embed_dim))
         self.services = make_services(Embedder(Encoder(b)), store, ServerConfig(text_cache_size=0))
@@ -271,6 +275,7 @@ def run_model(model: str, args: argparse.Namespace) -> dict[str, object]:
         "inproc_p50_ms": statistics.median(statistics.median(ms) for ms in inproc),
         "inproc_qps": statistics.median(1e3 / statistics.mean(ms) for ms in inproc),
         "inproc_n": sum(len(ms) for ms in inproc),
+        "torch_threads": ceiling.torch_threads,
     }
     for c, runs in levels.items():
         pooled = sorted(x for got in runs for x in got["ms"])

@@ -90,6 +90,7 @@ def run_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from trainer.config import load_config
+    from trainer.distributed import launched_rank
     from trainer.train import train
 
     overrides = {
@@ -107,6 +108,8 @@ def run_train(args: argparse.Namespace) -> int:
         config = replace(config, mining=replace(config.mining, enabled=args.mining)).validate()
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     result = train(config, _train_manifest(args), args.out, resume=args.resume, log=log)
+    if launched_rank() != 0:
+        return 0  # under torchrun, process 0 reports (and evaluates) for the run
     for line in result.skipped:
         log(f"skipped {line}")
     out: dict[str, Any] = {

@@ -21,9 +21,16 @@ import grpc
 if TYPE_CHECKING:
     from encoders.embed import Embedder
     from indexer.progress import IngestSummary
+    from indexer.ray_ingest import IngestTarget
     from indexer.schema import PointRecord
     from mmsearch.client import MMSearchClient
     from server.config import ServerConfig
+
+
+NO_FIELD_INDEX = (
+    "--index-field cannot be set through WritePoints: give it to an ingest without --ray, or write "
+    "to the Qdrant server directly (--qdrant-url)"
+)
 
 
 def add_ray_flags(p: argparse.ArgumentParser) -> None:
@@ -74,10 +81,7 @@ class ServerTarget:
         return int(self.client.stats().points)
 
     def create_field_index(self, key: str, kind: str) -> None:
-        raise ValueError(
-            "--index-field cannot be set through WritePoints: give it to an ingest without --ray, or "
-            "write to the Qdrant server directly (--qdrant-url)"
-        )
+        raise ValueError(NO_FIELD_INDEX)
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,8 @@ def run_ray(args: argparse.Namespace) -> IngestSummary:
     if args.ray_actors is not None and args.ray_actors < 1:
         raise ValueError(f"--ray-actors must be at least 1, got {args.ray_actors}")
     fields = tuple(IndexField.parse(f) for f in args.index_field)
+    if fields and args.server:
+        raise ValueError(NO_FIELD_INDEX)
 
     from encoders.bundle import load_bundle
     from indexer.ingest_local import IngestRequest, default_journal, default_quarantine
@@ -166,7 +172,7 @@ def run_ray(args: argparse.Namespace) -> IngestSummary:
 @contextlib.contextmanager
 def _target(
     args: argparse.Namespace, config: ServerConfig, bundle_id: str, dim: int
-) -> Iterator[tuple[Any, str | None]]:
+) -> Iterator[tuple[IngestTarget, str | None]]:
     """The ingest target and the name of its journal (None: the embedded store's own)."""
     if args.server:
         from mmsearch.cli_auth import connect

@@ -125,7 +125,7 @@ def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: st
         log.info("refused %s: %s", code.name, message)
         await context.abort(code, message)
 
-    return _same_kind(handler, lambda _behavior, _streams: refuse)
+    return rewrap_handler(handler, lambda _behavior, _streams: refuse)
 
 
 def _as_principal(handler: grpc.RpcMethodHandler, principal: Principal) -> grpc.RpcMethodHandler:
@@ -148,12 +148,14 @@ def _as_principal(handler: grpc.RpcMethodHandler, principal: Principal) -> grpc.
 
         return call
 
-    return _same_kind(handler, bind)
+    return rewrap_handler(handler, bind)
 
 
-def _same_kind(
+def rewrap_handler(
     handler: grpc.RpcMethodHandler, bind: Callable[[Callable[..., Any], bool], Callable[..., Any]]
 ) -> grpc.RpcMethodHandler:
+    """A handler of the same kind (unary or streaming, either side) whose behavior is
+    ``bind(behavior, response_streams)``: how every interceptor here wraps all four kinds."""
     kinds = (
         (handler.unary_unary, grpc.unary_unary_rpc_method_handler, False),
         (handler.unary_stream, grpc.unary_stream_rpc_method_handler, True),

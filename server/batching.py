@@ -91,6 +91,12 @@ class MicroBatcher(Generic[I, R]):
         self._queue: deque[_Call[I, R]] = deque()
         self._busy = False  # a leader is collecting or running a batch
 
+    @property
+    def waiting(self) -> int:
+        """Callers queued for the next batch."""
+        with self._cond:
+            return len(self._queue)
+
     def run(self, items: Sequence[I]) -> list[R]:
         """Results for `items`, computed in a batch with whatever other callers are waiting."""
         if not items:

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from server.auth import SERVICE, required_scope
+from server.auth import SERVICE, required_scope, rewrap_handler
 from server.keys import Scope
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
@@ -145,17 +145,4 @@ def _tracked(
 
         return call
 
-    kinds = (
-        (handler.unary_unary, grpc.unary_unary_rpc_method_handler, False),
-        (handler.unary_stream, grpc.unary_stream_rpc_method_handler, True),
-        (handler.stream_unary, grpc.stream_unary_rpc_method_handler, False),
-        (handler.stream_stream, grpc.stream_stream_rpc_method_handler, True),
-    )
-    for behavior, make, streams in kinds:
-        if behavior is not None:
-            return make(
-                bind(behavior, streams),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-    raise ValueError("a method handler with no behavior")
+    return rewrap_handler(handler, bind)

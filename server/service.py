@@ -160,10 +160,14 @@ class SearchService(pb_grpc.SearchServiceServicer):
             raise
         except RequestError as exc:
             message = exc.message
-            if capped and isinstance(exc, DeadlineExceeded):
-                message += (
-                    f" (the server stops every call after max_deadline_seconds={self.max_deadline:g} s)"
-                )
+            if isinstance(exc, DeadlineExceeded):
+                if capped:
+                    message += (
+                        f" (the server stops every call after max_deadline_seconds={self.max_deadline:g} s)"
+                    )
+                # The same line as when gRPC cancels the call at its deadline (below): whichever
+                # notices first, the work stopped there.
+                log.info("%s stopped: deadline passed", method)
             log.info("%s -> %s: %s", method, exc.code.name, message)
             await _abort(context, exc.code, message)
         except BundleMismatchError as exc:

@@ -60,12 +60,15 @@ class Dist:
         }
 
     def shard(self, batch: Sequence[T]) -> list[T]:
-        """This process's contiguous share of the global batch (a remainder that does not split
-        evenly is left out on every process: the gather needs equal shares)."""
+        """This process's contiguous share of the global batch. A batch that does not split
+        evenly (a pool smaller than the batch size) is padded with its first items, as
+        DistributedSampler pads: the gather needs equal shares, and a repeated pair is in its
+        own group, so the loss does not take it for a negative."""
         if not self.enabled:
             return list(batch)
-        n = len(batch) // self.world_size
-        return list(batch[self.rank * n : (self.rank + 1) * n])
+        n = -(-len(batch) // self.world_size)
+        padded = [batch[i % len(batch)] for i in range(n * self.world_size)]
+        return padded[self.rank * n : (self.rank + 1) * n]
 
     def mean(self, value: float, device: torch.device) -> float:
         """The mean of a number over the processes (a loss: each holds its rows' share)."""

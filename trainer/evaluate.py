@@ -7,7 +7,7 @@ class-level: a target is relevant to a query when both carry the same `group`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,6 +101,25 @@ def confusable_recall(
                 hit[0] += r1 * n
                 hit[1] += n
     return {name: round(h / n, 4) for name, (h, n) in hits.items()}
+
+
+def neighbourhood_recall(
+    queries: EvalItems, targets: EvalItems, confusers: Mapping[str, Collection[str]]
+) -> float | None:
+    """Recall@1 among look-alikes: each query's candidates are the targets of its own group and of
+    the groups confusable with it (`confusers[group]`); queries of groups with no confusers are
+    left out. None when no query has any."""
+    sims = queries.vectors @ targets.vectors.T
+    hits = []
+    for i, group in enumerate(queries.groups.tolist()):
+        near = confusers.get(group)
+        if not near:
+            continue
+        allowed = np.isin(targets.groups, [group, *near])
+        if allowed.any():
+            best = int(np.argmax(np.where(allowed, sims[i], -np.inf)))
+            hits.append(targets.groups[best] == group)
+    return round(float(np.mean(hits)), 4) if hits else None
 
 
 def evaluate(embedder: Embedder, manifest: Manifest) -> tuple[dict[str, dict[str, float]], Calibration]:

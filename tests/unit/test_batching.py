@@ -50,6 +50,13 @@ def in_threads(fn: Callable[[int], list[int]], args: list[int]) -> list[list[int
         return list(pool.map(safe, args))
 
 
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    until = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < until, "timed out"
+        time.sleep(0.005)
+
+
 def test_a_lone_caller_runs_at_once_on_its_own_thread() -> None:
     rec = Recorder()
     batcher = MicroBatcher(rec, max_batch=8, max_wait=5.0, load=Load())
@@ -68,7 +75,7 @@ def test_callers_arriving_during_a_batch_share_the_next_one() -> None:
         first = pool.submit(batcher.run, [100])
         assert rec.started.wait(5)
         rest = [pool.submit(batcher.run, [i, i + 1000]) for i in range(8)]
-        time.sleep(0.2)  # all eight are queued behind the running batch
+        wait_for(lambda: batcher.waiting == 8)  # all eight are queued behind the running batch
         gate.set()
         assert first.result(5) == [200]
         for i, f in enumerate(rest):
@@ -86,7 +93,7 @@ def test_batches_stay_within_max_batch_and_a_big_caller_runs_alone() -> None:
         assert rec.started.wait(5)
         small = [pool.submit(batcher.run, [i, i]) for i in range(1, 6)]
         big = pool.submit(batcher.run, list(range(10, 20)))
-        time.sleep(0.2)
+        wait_for(lambda: batcher.waiting == 6)
         gate.set()
         first.result(5)
         assert all(f.result(5) for f in small)
@@ -99,9 +106,11 @@ def test_a_leader_waits_for_calls_in_flight_but_no_longer_than_max_wait() -> Non
     rec = Recorder()
     load = Load()
     batcher = MicroBatcher(rec, max_batch=8, max_wait=2.0, load=load)
+    both_in_flight = threading.Barrier(2)
 
     def call(x: int, delay: float) -> list[int]:
         with load.track():
+            both_in_flight.wait(5)
             time.sleep(delay)
             return batcher.run([x])
 
@@ -130,7 +139,7 @@ def test_a_bad_input_fails_its_own_caller_only() -> None:
         first = pool.submit(batcher.run, [1])
         assert rec.started.wait(5)
         others = [pool.submit(batcher.run, [x]) for x in (2, -3, 4, 5)]
-        time.sleep(0.2)
+        wait_for(lambda: batcher.waiting == 4)
         gate.set()
         assert first.result(5) == [2]
         results = [f.exception(5) or f.result(5) for f in others]
