@@ -129,22 +129,17 @@ class InProcess:
     """The query service in this process over a copy of the index (the server owns the
     original), one query at a time: the ceiling without gRPC."""
 
-    def __init__(self, data_dir: Path, bundle: str, rng: random.Random) -> None:
-        from encoders.bundle import load_bundle
-        from encoders.embed import Embedder
-        from encoders.encoder import Encoder
-        from indexer.edge_store import EdgeStore
-        from indexer.schema import CollectionSchema
+    def __init__(self, data_dir: Path, bundle: str, rng: random.Random, torch_threads: int) -> None:
         from server.app import use_torch_threads
         from server.config import ServerConfig
         from server.context import background
-        from server.services import make_services
+        from server.services import build_services
 
-        # The engine as the server runs it: the same torch threads (server.app), the same services.
-        self.torch_threads = use_torch_threads(ServerConfig().torch_threads)
-        b = load_bundle(bundle, "cpu")
-        store = EdgeStore(data_dir, CollectionSchema(bundle_id=b.bundle_id, dim=b.embed_dim))
-        self.services = make_services(Embedder(Encoder(b)), store, ServerConfig(text_cache_size=0))
+        # The engine as the server builds and runs it (server.app, server.services): the same
+        # torch threads, the same services over the same settings; only the cache is off.
+        self.torch_threads = use_torch_threads(torch_threads)
+        config = ServerConfig(data_dir=data_dir, bundle=bundle, device="cpu", text_cache_size=0)
+        self.services = build_services(config)
         self.ctx = background()
         self.rng = rng
         self.count = 0
@@ -207,7 +202,8 @@ async def load(target: str, concurrency: int, seconds: float, max_queries: int, 
 
 
 def scrape_batches(server: LaunchedServer) -> dict[str, tuple[float, float]]:
-    """(sum, count) of the server's micro-batch size histograms, by kind."""
+    """(sum, count) of the server's micro-batch size histograms, by kind ("text", "store"), and
+    of its batch durations in seconds ("text_s", "store_s")."""
     port = next(
         (m.group(1) for line in server.output if (m := re.search(r"metrics on http://[^:]+:(\d+)/", line))),
         None,
@@ -216,9 +212,12 @@ def scrape_batches(server: LaunchedServer) -> dict[str, tuple[float, float]]:
         return {}
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     out: dict[str, tuple[float, float]] = {}
-    for stat, kind, value in re.findall(r'mmsearch_batch_size_(sum|count)\{kind="(\w+)"\} (\S+)', text):
-        total, count = out.get(kind, (0.0, 0.0))
-        out[kind] = (total + float(value), count) if stat == "sum" else (total, count + float(value))
+    for name, stat, kind, value in re.findall(
+        r'mmsearch_batch_(size|duration_seconds)_(sum|count)\{kind="(\w+)"\} (\S+)', text
+    ):
+        key = kind if name == "size" else f"{kind}_s"
+        total, count = out.get(key, (0.0, 0.0))
+        out[key] = (total + float(value), count) if stat == "sum" else (total, count + float(value))
     return out
 
 
@@ -229,7 +228,7 @@ def mean_batches(
     for kind, (total, count) in after.items():
         t0, c0 = before.get(kind, (0.0, 0.0))
         if count > c0:
-            out[kind] = round((total - t0) / (count - c0), 2)
+            out[kind] = round((total - t0) / (count - c0), 4)
     return out
 
 
@@ -247,8 +246,9 @@ def run_model(model: str, args: argparse.Namespace) -> dict[str, object]:
         bundle_id, dim = build_index(data, bundle, args.points, args.seed)
         shutil.copytree(data, copy)
         log(f"{model}: {args.points} points (dim {dim}) indexed in {time.monotonic() - t0:.1f} s")
-        ceiling = InProcess(copy, bundle, rng)
-        server = launch_server(data, "--metrics-port", "0", bundle=bundle, cwd=REPO, timeout=300)
+        ceiling = InProcess(copy, bundle, rng, args.torch_threads)
+        env = {"MMSEARCH_TORCH_THREADS": str(args.torch_threads)}
+        server = launch_server(data, "--metrics-port", "0", bundle=bundle, env=env, cwd=REPO, timeout=300)
         inproc: list[list[float]] = []
         levels: dict[int, list[dict[str, Any]]] = {c: [] for c in args.concurrency}
         batches: dict[int, dict[str, float]] = {}
@@ -319,6 +319,12 @@ def main() -> None:
     )
     ap.add_argument("--max-queries", type=int, default=5000, help="at most this many queries per level")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds the time is split into")
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads, in the server and the in-process ceiling alike (0: the server's default)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]

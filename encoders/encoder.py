@@ -5,6 +5,7 @@ Decoding and the dispatch per modality live in encoders.embed; this is the layer
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -36,6 +37,28 @@ class Encoder:
         # padding beyond its longest text can be cut off: same vectors, a fraction of the work
         # for short texts (queries) that open_clip pads to the full context.
         self.trims_text = trimmable_text_tower(bundle.model)
+        self._text_blocks: torch.nn.Module | None = None  # see script_text_tower
+
+    def script_text_tower(self) -> bool:
+        """Run the text tower's transformer blocks as TorchScript from now on (CPU, trimmable
+        towers; same vectors). Eager PyTorch gives up the GIL and takes it back around every
+        op, a hundred times a pass: beside threads that hold the GIL for milliseconds (a
+        server's store queries), each pass waits behind them again and again. A scripted pass
+        takes it back once. Takes about a second (ViT-B-32); returns whether it is scripted."""
+        if self._text_blocks is not None:
+            return True
+        if not self.trims_text or self._cuda:
+            return False
+        model: Any = self.bundle.model
+        try:
+            # TorchScript is deprecated in favour of torch.compile / torch.export, but neither
+            # runs a pass without Python between the ops; when it goes, this stays eager.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._text_blocks = torch.jit.script(model.transformer)
+        except (RuntimeError, AttributeError, torch.jit.Error):  # a tower TorchScript cannot take stays eager
+            return False
+        return True
 
     @property
     def dim(self) -> int:
@@ -146,7 +169,9 @@ class Encoder:
         tokens = self.bundle.tokenizer(list(batch))
         with self._inference():
             if self.trims_text:
-                return encode_text_trimmed(self.bundle.model, self._to_device(tokens))
+                return encode_text_trimmed(
+                    self.bundle.model, self._to_device(tokens), blocks=self._text_blocks
+                )
             feats = self.bundle.model.encode_text(self._to_device(tokens))  # type: ignore[operator]
         return feats
 
@@ -193,14 +218,16 @@ def trimmable_text_tower(model: torch.nn.Module) -> bool:
     )
 
 
-def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def encode_text_trimmed(
+    model: torch.nn.Module, tokens: torch.Tensor, *, blocks: torch.nn.Module | None = None
+) -> torch.Tensor:
     """`model.encode_text(tokens)` with the padding after the batch's last pooled token cut off.
 
     open_clip's CLIP.encode_text adds the whole positional table and the whole causal mask, so
     it only takes full-context input; this is the same computation on the first L positions
     (L = the last pooled position + 1). Causality makes it exact: position i attends to
     positions <= i only, and the pooled position is < L in every row. Only for towers that
-    :func:`trimmable_text_tower` accepts."""
+    :func:`trimmable_text_tower` accepts. `blocks`: the model's transformer, scripted."""
     m: Any = model  # open_clip's CLIP: its attributes are typed as Tensor | Module
     pool_type = str(m.text_pool_type)
     eos_id = m.text_eos_id
@@ -212,7 +239,7 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
     cast_dtype = m.transformer.get_cast_dtype()
     x = m.token_embedding(tokens).to(cast_dtype)
     x = x + m.positional_embedding[:length].to(cast_dtype)
-    x = m.transformer(x, attn_mask=m.attn_mask[:length, :length])
+    x = (blocks or m.transformer)(x, attn_mask=m.attn_mask[:length, :length])
     x = m.ln_final(x)
     x = text_global_pool(x, tokens, pool_type, eos_token_id=eos_id)
     projection = m.text_projection

@@ -158,13 +158,18 @@ def ray_ingest(
             ray.shutdown()
 
 
+class RayUnavailable(ValueError):
+    """The Ray option cannot run here: Ray Data is not installed (a bad option for this install,
+    reported like the CLI's other bad options)."""
+
+
 def import_ray() -> Any:
     try:
         import ray
         import ray.data
-    except ImportError:
-        raise ImportError(
-            "ingest --ray needs Ray Data: pip install 'mmsearch[ray]' (ray[data] and pyarrow)"
+    except ImportError as exc:
+        raise RayUnavailable(
+            f"ingest --ray needs Ray Data: pip install 'mmsearch[ray]' (ray[data] and pyarrow); {exc}"
         ) from None
     return ray
 
@@ -189,6 +194,7 @@ class _Run:
         self.journal = Journal(request.journal, namespace=self.namespace) if request.journal else None
         if self.journal is not None:
             if self.journal.bundle_id not in (None, target.bundle_id):
+                self.journal.close()
                 raise ValueError(
                     f"journal {request.journal} is bound to bundle {self.journal.bundle_id}, "
                     f"not {target.bundle_id}"
@@ -205,6 +211,8 @@ class _Run:
         self.actor_gpus = per_actor
         self.actors = ray_options.actors or (max(1, int(gpus // per_actor)) if per_actor else 1)
         self.model_bytes = model_bytes
+        # JPEGs are left to the actors' GPUs as the local pipeline leaves them to its own.
+        on_gpu = per_actor > 0 and (device is None or device.startswith("cuda"))
         image_decode = options.image_decode
         self.config = StageConfig(
             make_embedder,
@@ -212,7 +220,7 @@ class _Run:
             self.namespace,
             target.bundle_id,
             device=device,
-            device_jpeg=image_decode == "device" or (image_decode == "auto" and per_actor > 0),
+            device_jpeg=image_decode == "device" or (image_decode == "auto" and on_gpu),
             decode_workers=ray_options.decode_workers,
         )
 

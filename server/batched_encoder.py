@@ -82,6 +82,8 @@ class BatchedEncoder(Encoder):
     ) -> None:
         super().__init__(base.bundle, base.batch_size)
         self._token_cache = base._token_cache  # the same tokenizer: share its word counts
+        # Beside the store's GIL-holding queries, an eager text pass waits for the GIL at every op.
+        self.script_text_tower()
         self.cache = cache
         self.on_cache = on_cache  # (hits, misses) of each lookup
         hooks = hooks or {}

@@ -49,9 +49,12 @@ def test_trimmed_vit_b_32_text_tower_matches_open_clip() -> None:
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
     assert trimmable_text_tower(model)
     tokens = tokenizer(TEXTS[:3])
+    scripted = torch.jit.script(model.transformer)  # as the server runs it (Encoder.script_text_tower)
+    ref = padded(model, tokenizer, TEXTS[:3])
     with torch.inference_mode():
-        trimmed = torch.nn.functional.normalize(encode_text_trimmed(model, tokens), dim=-1).numpy()
-    np.testing.assert_allclose(trimmed, padded(model, tokenizer, TEXTS[:3]), atol=1e-5)
+        for blocks in (None, scripted):
+            trimmed = encode_text_trimmed(model, tokens, blocks=blocks)
+            np.testing.assert_allclose(torch.nn.functional.normalize(trimmed, dim=-1).numpy(), ref, atol=1e-5)
 
 
 def test_towers_that_may_look_past_the_end_token_keep_full_padding(tiny_bundle: ModelBundle) -> None:
@@ -63,6 +66,7 @@ def test_towers_that_may_look_past_the_end_token_keep_full_padding(tiny_bundle: 
 def test_batched_encoder_gives_the_unbatched_vectors(tiny_bundle: ModelBundle) -> None:
     base = Encoder(tiny_bundle)
     batched = BatchedEncoder(base, max_batch=8, max_wait=0.0)
+    assert batched.script_text_tower()  # the serving encoder runs its text blocks as TorchScript
     texts = [f"query number {i}" for i in range(24)]
     with ThreadPoolExecutor(8) as pool:
         rows = list(pool.map(lambda t: batched.embed_texts([t])[0], texts))

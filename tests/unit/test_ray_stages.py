@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from encoders.bundle import ModelBundle
+from encoders.errors import BundleError
 from indexer.ingest_local import IngestRequest, ingest_library
 from indexer.ingest_steps import settle_stored, skip_by_stat
 from indexer.ingest_work import Action, Work
@@ -95,6 +96,12 @@ def test_stages_on_pickled_batches_give_the_pipelines_points(
     assert again and all(w.result is not None and w.result.status == ItemStatus.UNCHANGED for w in again)
     assert all(w.action == Action.CONFIRM and not w.records for w in again)
     local.close()
+
+
+def test_an_actor_with_another_copy_of_the_bundle_refuses_to_start() -> None:
+    config = StageConfig(ServerEmbedder(ServerConfig()), PipelineOptions(), "default", "b-the-drivers")
+    with pytest.raises(BundleError, match="b-the-drivers on the driver"):
+        EmbedStage(config)
 
 
 def test_ray_options_are_checked() -> None:
