@@ -3,6 +3,7 @@ passes give the unbatched ones, and the text cache serves a vector only in its o
 
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -49,7 +50,9 @@ def test_trimmed_vit_b_32_text_tower_matches_open_clip() -> None:
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
     assert trimmable_text_tower(model)
     tokens = tokenizer(TEXTS[:3])
-    scripted = torch.jit.script(model.transformer)  # as the server runs it (Encoder.script_text_tower)
+    with warnings.catch_warnings():  # TorchScript's deprecation notice (see Encoder.script_text_tower)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(model.transformer)  # as the server runs it
     ref = padded(model, tokenizer, TEXTS[:3])
     with torch.inference_mode():
         for blocks in (None, scripted):
